@@ -1,0 +1,67 @@
+"""Sub-commands of the plug-in itself: ``mace-lp policies`` and ``mace-lp export``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .backend import BACKENDS
+from .policy import DEFAULT_POLICY, POLICIES, describe_policies
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    policies = subparsers.add_parser("policies", help="list the precision policies and what each changes")
+    policies.set_defaults(func=_policies)
+
+    export = subparsers.add_parser(
+        "export",
+        help="write the TorchScript module for a system (usable with plain openmm-torch)",
+        description="Export MODEL for the atoms of TOPOLOGY as a TorchScript file: positions and box "
+        "(nm) in, energy (kJ/mol) and forces (kJ/mol/nm) out; use it with "
+        "openmmtorch.TorchForce(path) and force.setOutputsForces(True).",
+    )
+    export.add_argument("model", help="MACE .model file, or 'default' for the embedded water model")
+    export.add_argument("--topology", required=True, help="PDB (or PDBx) file whose atoms the module is for")
+    export.add_argument("--policy", default=DEFAULT_POLICY, choices=list(POLICIES))
+    export.add_argument("--backend", default="auto", choices=list(BACKENDS))
+    export.add_argument("--device", default="cpu", help="device the module is built for (cpu, cuda)")
+    export.add_argument("--energy", default="interaction_energy", choices=["interaction_energy", "energy"],
+                        help="interaction energy (openmm-ml's default) or total energy with E0s")
+    export.add_argument("-o", "--output", required=True, help="output .pt file")
+    export.set_defaults(func=_export)
+
+
+def _policies(args: argparse.Namespace) -> int:
+    print(describe_policies())
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_to_file, read_metadata
+    from .model_files import default_model_path
+    from .potential import check_cuda
+
+    model = default_model_path() if args.model == "default" else Path(args.model)
+    topology = read_topology(args.topology)
+    check_cuda(args.device)
+    atomic_numbers = [atom.element.atomic_number for atom in topology.atoms()]
+    path = export_to_file(
+        model, args.policy, args.backend, atomic_numbers, output=args.output,
+        periodic=topology.getPeriodicBoxVectors() is not None, device=args.device, energy_type=args.energy,
+    )
+    meta = read_metadata(path)
+    print(f"wrote {path}: {len(atomic_numbers)} atoms, policy {meta['policy']}, backend {meta['backend']}, "
+          f"{'periodic' if meta['periodic'] else 'non-periodic'}, cutoff {meta['cutoff_angstrom']} A")
+    return 0
+
+
+def read_topology(path: str):
+    """An OpenMM Topology from a PDB or PDBx/mmCIF file, with a clear error otherwise."""
+    from openmm.app import PDBFile, PDBxFile
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"Topology file {path} does not exist.")
+    reader = PDBxFile if path.lower().endswith((".cif", ".pdbx")) else PDBFile
+    try:
+        return reader(path).topology
+    except Exception as error:  # noqa: BLE001 - the readers raise many types
+        raise ValueError(f"Cannot read {path} as {reader.__name__} ({error}); pass a PDB or PDBx file.") from None

@@ -1,0 +1,254 @@
+"""Export stage: one TorchScript module per (model, policy, backend, atoms) for openmm-torch.
+
+The module takes OpenMM's positions and box vectors (nm), builds the neighbour list on the same
+device, evaluates MACE and returns the energy (kJ/mol) and forces (kJ/mol/nm), so a TorchForce
+with ``setOutputsForces(True)`` keeps the whole step on the GPU. Exported files are cached on
+disk under a key of everything that changes their content.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import __version__
+from .backend import convert_to_cueq, make_scriptable, model_layout, resolve_backend
+from .linears import apply_policy_layers
+from .neighbors import neighbor_list
+from .policy import Policy, get_policy
+
+# CODATA 2018: N_A * e / 1000.
+EV_TO_KJ_PER_MOL = 96.48533212331002
+ANGSTROM_PER_NM = 10.0
+ENERGY_TYPES = ("interaction_energy", "energy")
+METADATA_FILE = "openmm_mace_lp.json"
+
+
+class MACEForce(torch.nn.Module):
+    """positions [N, 3] nm (and box [3, 3] nm) -> (energy kJ/mol, forces [N, 3] kJ/mol/nm)."""
+
+    def __init__(self, model: torch.nn.Module, node_attrs: torch.Tensor, atom_indices: Optional[torch.Tensor],
+                 num_atoms_total: int, periodic: bool, dtype: torch.dtype, energy_type: str) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("node_attrs", node_attrs.to(dtype))
+        n = node_attrs.shape[0]
+        self.register_buffer("batch", torch.zeros(n, dtype=torch.long))
+        self.register_buffer("ptr", torch.tensor([0, n], dtype=torch.long))
+        self.register_buffer("head", torch.zeros(1, dtype=torch.long))
+        self.register_buffer("atom_indices", atom_indices if atom_indices is not None else torch.zeros(0, dtype=torch.long))
+        self.use_subset = atom_indices is not None
+        self.num_atoms_total = num_atoms_total
+        self.periodic = periodic
+        self.cutoff = float(model.r_max)
+        self.dtype = dtype
+        self.energy_type = energy_type
+        # TorchScript cannot read module-level constants: keep the unit factors as attributes.
+        self.angstrom_per_nm = ANGSTROM_PER_NM
+        self.kj_per_ev = EV_TO_KJ_PER_MOL
+
+    def forward(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        pos = positions.to(self.dtype) * self.angstrom_per_nm
+        if self.use_subset:
+            pos = pos[self.atom_indices]
+        cell: Optional[torch.Tensor] = None
+        if self.periodic:
+            if boxvectors is None:
+                raise RuntimeError("this MACE force is periodic: box vectors are required")
+            cell = boxvectors.to(self.dtype) * self.angstrom_per_nm
+        edge_index, shifts = neighbor_list(pos, cell, self.cutoff)
+        data: Dict[str, torch.Tensor] = {
+            "positions": pos,
+            "node_attrs": self.node_attrs,
+            "edge_index": edge_index,
+            "shifts": shifts,
+            "batch": self.batch,
+            "ptr": self.ptr,
+            "head": self.head,
+            "cell": cell if cell is not None else torch.zeros((3, 3), dtype=pos.dtype, device=pos.device),
+        }
+        out = self.model(data, training=False, compute_force=True)
+        energy = out[self.energy_type]
+        forces = out["forces"]
+        assert energy is not None and forces is not None
+        energy = energy.sum() * self.kj_per_ev
+        forces = forces * (self.kj_per_ev * self.angstrom_per_nm)
+        if self.use_subset:
+            full = torch.zeros((self.num_atoms_total, 3), dtype=forces.dtype, device=forces.device)
+            forces = full.index_copy(0, self.atom_indices, forces)
+        return energy, forces
+
+
+@dataclass
+class ExportSpec:
+    """Everything that determines the content of an exported module."""
+
+    model_sha256: str
+    policy: str
+    backend: str
+    atomic_numbers: List[int]
+    atom_indices: Optional[List[int]]
+    num_atoms_total: int
+    periodic: bool
+    energy_type: str
+    device: str
+    versions: Dict[str, str] = field(default_factory=dict)
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def library_versions() -> Dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"openmm-mace-lp": __version__, "torch": torch.__version__}
+    for name in ("mace-torch", "e3nn", "cuequivariance", "cuequivariance-torch", "cuequivariance-ops-torch-cu12",
+                 "cuequivariance-ops-torch-cu13"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
+def check_elements(model: torch.nn.Module, atomic_numbers: Sequence[int]) -> List[int]:
+    """Index of each atom's element in the model's element table, or a clear error."""
+    from openmm.app import element as openmm_element
+
+    table = [int(z) for z in model.atomic_numbers]
+    missing = sorted(set(int(z) for z in atomic_numbers) - set(table))
+    if missing:
+        names = ", ".join(f"{openmm_element.Element.getByAtomicNumber(z).symbol} (Z={z})" for z in missing)
+        known = ", ".join(openmm_element.Element.getByAtomicNumber(z).symbol for z in table)
+        raise ValueError(
+            f"The model has no parameters for element(s) {names}; it covers only {known}. Use a "
+            f"model trained on these elements, or apply it to a subset of atoms (atoms=[...] or "
+            f"createMixedSystem)."
+        )
+    return [table.index(int(z)) for z in atomic_numbers]
+
+
+def prepare_model(model: torch.nn.Module, policy: Policy, backend: str) -> Tuple[torch.nn.Module, Dict[str, int]]:
+    """model -> policy dtype -> backend conversion -> scriptable stand-ins -> policy layers."""
+    prepared = copy.deepcopy(model).to(policy.model_dtype)
+    if backend == "cueq":
+        prepared = convert_to_cueq(prepared)
+    prepared = make_scriptable(prepared)
+    counts = apply_policy_layers(prepared, policy.matmul_mode, policy.model_dtype, model_layout(prepared))
+    for parameter in prepared.parameters():
+        parameter.requires_grad_(False)
+    return prepared.eval(), counts
+
+
+def script_module(module: torch.nn.Module) -> torch.jit.ScriptModule:
+    """TorchScript the MACE force; e3nn modules need e3nn's own compile first."""
+    from e3nn.util import jit as e3nn_jit
+
+    module.model = e3nn_jit.compile(module.model)
+    return torch.jit.script(module)
+
+
+def build_force_module(
+    model: torch.nn.Module,
+    policy_name: str,
+    backend: str,
+    atomic_numbers: Sequence[int],
+    *,
+    atom_indices: Optional[Sequence[int]] = None,
+    num_atoms_total: Optional[int] = None,
+    periodic: bool,
+    device: str | torch.device = "cpu",
+    energy_type: str = "interaction_energy",
+) -> torch.jit.ScriptModule:
+    """The scripted MACEForce for these atoms, on ``device``."""
+    policy = get_policy(policy_name)
+    device = torch.device(device)
+    backend = resolve_backend(backend, device)
+    if energy_type not in ENERGY_TYPES:
+        raise ValueError(f"Unknown returnEnergyType {energy_type!r}; use one of {', '.join(ENERGY_TYPES)}.")
+    element_index = check_elements(model, atomic_numbers)
+    prepared, _ = prepare_model(model, policy, backend)
+    node_attrs = torch.nn.functional.one_hot(
+        torch.tensor(element_index, dtype=torch.long), num_classes=len(model.atomic_numbers)
+    )
+    indices = None if atom_indices is None else torch.tensor(list(atom_indices), dtype=torch.long)
+    total = len(atomic_numbers) if num_atoms_total is None else num_atoms_total
+    force = MACEForce(prepared, node_attrs, indices, total, periodic, policy.model_dtype, energy_type)
+    return script_module(force.to(device))
+
+
+def _atomic_write_module(module: torch.jit.ScriptModule, path: Path, metadata: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        torch.jit.save(module, tmp, _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)})
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_metadata(path: os.PathLike) -> dict:
+    """The export record stored inside a module file written by this package."""
+    extra = {METADATA_FILE: ""}
+    torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
+    return json.loads(extra[METADATA_FILE])
+
+
+def export_to_file(
+    model_path: os.PathLike,
+    policy_name: str,
+    backend: str,
+    atomic_numbers: Sequence[int],
+    *,
+    output: Optional[os.PathLike] = None,
+    atom_indices: Optional[Sequence[int]] = None,
+    num_atoms_total: Optional[int] = None,
+    periodic: bool,
+    device: str | torch.device = "cpu",
+    energy_type: str = "interaction_energy",
+    use_cache: bool = True,
+) -> Path:
+    """Export (or reuse from the cache) the TorchScript file for this model, policy and system."""
+    from .model_files import cache_dir, load_mace_model, sha256_of
+
+    get_policy(policy_name)
+    device = torch.device(device)
+    resolved_backend = resolve_backend(backend, device)
+    spec = ExportSpec(
+        model_sha256=sha256_of(model_path),
+        policy=policy_name,
+        backend=resolved_backend,
+        atomic_numbers=[int(z) for z in atomic_numbers],
+        atom_indices=None if atom_indices is None else [int(i) for i in atom_indices],
+        num_atoms_total=len(atomic_numbers) if num_atoms_total is None else int(num_atoms_total),
+        periodic=bool(periodic),
+        energy_type=energy_type,
+        device=device.type,
+        versions=library_versions(),
+    )
+    cached = cache_dir() / "exports" / f"{spec.key()}.pt"
+    if use_cache and cached.is_file() and output is None:
+        return cached
+    model = load_mace_model(model_path)
+    module = build_force_module(
+        model, policy_name, resolved_backend, atomic_numbers, atom_indices=atom_indices,
+        num_atoms_total=num_atoms_total, periodic=periodic, device=device, energy_type=energy_type,
+    )
+    metadata = {**asdict(spec), "model_path": os.fspath(model_path), "cutoff_angstrom": float(model.r_max)}
+    target = Path(output) if output is not None else cached
+    _atomic_write_module(module, target, metadata)
+    if output is not None and use_cache:
+        _atomic_write_module(module, cached, metadata)
+    return target

@@ -1,0 +1,183 @@
+"""openmm-ml plug-in: ``MLPotential("mace-off24-lp", policy="bf16")`` -> a TorchForce.
+
+Registered through the ``openmmml.potentials`` entry point for the names in
+``model_files.KNOWN_MODELS`` and ``mace-lp`` (a local file via ``modelPath``, or the embedded
+water model). ``createSystem`` and ``createMixedSystem`` come from openmm-ml unchanged; this
+module only adds the force, after the guards that turn known failure modes into clear errors.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterable, Optional
+
+import openmm
+import openmm.app
+from openmmml.mlpotential import MLPotentialImpl, MLPotentialImplFactory
+
+from .backend import BACKENDS
+from .model_files import KNOWN_MODELS, LOCAL_MODEL_NAME
+from .policy import DEFAULT_POLICY, get_policy
+
+logger = logging.getLogger(__name__)
+
+# openmmtorch 1.5's Reference/CPU kernels crash with torch >= 2.10 (openmm-torch issue #175).
+_FIRST_BROKEN_CPU_TORCH = (2, 10)
+
+
+def import_openmmtorch():
+    """Import openmmtorch and make sure OpenMM has its TorchForce kernels.
+
+    openmmtorch's libraries find torch's only once torch is loaded. OpenMM loads its plug-in
+    kernels when ``openmm`` is first imported, which for openmm-ml users happens before torch:
+    the TorchForce kernels then fail to load (e.g. 'libnvrtc.so.12: cannot open shared object
+    file') and a Context later reports 'does not support all required kernels'. Loading the
+    failed TorchForce plug-ins again once torch is in the process fixes that.
+    """
+    import torch  # noqa: F401
+
+    import openmmtorch
+
+    _reload_failed_torch_plugins()
+    return openmmtorch
+
+
+_RELOADED: set = set()
+
+
+def _reload_failed_torch_plugins() -> None:
+    import re
+
+    for message in openmm.Platform.getPluginLoadFailures():
+        match = re.match(r"Error loading library (.+?): ", message)
+        if not match:
+            continue
+        library = match.group(1)
+        name = os.path.basename(library)
+        if "OpenMMTorch" not in name or "OpenCL" in name or library in _RELOADED:
+            continue  # OpenCL needs libOpenCL, which has nothing to do with torch
+        _RELOADED.add(library)
+        try:
+            openmm.Platform.loadPluginLibrary(library)
+        except Exception as error:  # noqa: BLE001 - report, the Context will fail clearly
+            logger.warning("Could not load the openmm-torch plug-in %s: %s", library, error)
+
+
+def torch_version_tuple() -> tuple:
+    import torch
+
+    return tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+
+
+def check_cpu_torch(platform_name: Optional[str], version: Optional[tuple] = None) -> None:
+    """Refuse the CPU/Reference platforms where openmm-torch would crash inside OpenMM."""
+    version = version or torch_version_tuple()
+    if platform_name in ("CPU", "Reference") and version >= _FIRST_BROKEN_CPU_TORCH:
+        found = ".".join(str(v) for v in version)
+        raise RuntimeError(
+            f"openmmtorch 1.5 cannot run a TorchForce on OpenMM's {platform_name} platform with "
+            f"torch {found}: its CPU kernels fail with 'set_stride is not allowed on a Tensor "
+            f"created from .data or .detach()' for torch >= 2.10 (openmm-torch issue #175). "
+            f"Install torch 2.9.1 for CPU runs (pip install -c constraints/cpu.txt -e '.[cpu]'), "
+            f"or use the CUDA platform."
+        )
+
+
+def check_cuda(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={device!r} was requested but torch sees no CUDA device "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}). Use device='cpu' "
+            f"with the CPU or Reference platform, or run on a machine with a GPU."
+        )
+
+
+class MACELPPotentialImplFactory(MLPotentialImplFactory):
+    """Creates MACELPPotentialImpl objects for openmm-ml."""
+
+    def createImpl(self, name: str, modelPath: Optional[str] = None, policy: str = DEFAULT_POLICY,
+                   backend: str = "auto", **args) -> MLPotentialImpl:
+        return MACELPPotentialImpl(name, modelPath, policy, backend)
+
+
+class MACELPPotentialImpl(MLPotentialImpl):
+    """MACE with a precision policy, exported to TorchScript and run by openmm-torch.
+
+    Keyword arguments of ``MLPotential``: ``modelPath`` (a MACE .model file; required for
+    ``mace-lp`` unless the embedded water model is wanted), ``policy`` (fp64, fp32, tf32, bf16,
+    fp16; default fp32), ``backend`` (auto, cueq, e3nn). Keyword arguments of ``createSystem``:
+    ``device`` ('cuda' or 'cpu'; default: cuda if available), ``returnEnergyType``
+    ('interaction_energy', the default as in openmm-ml, or 'energy' including E0s),
+    ``platform`` (name of the OpenMM platform you will use, checked for known crashes).
+    """
+
+    def __init__(self, name: str, modelPath: Optional[str], policy: str, backend: str) -> None:
+        if name != LOCAL_MODEL_NAME and name not in KNOWN_MODELS:
+            valid = ", ".join([LOCAL_MODEL_NAME, *KNOWN_MODELS])
+            raise ValueError(f"Unknown model name {name!r}. Valid names: {valid}.")
+        get_policy(policy)
+        if backend not in BACKENDS:
+            raise ValueError(f"Unknown backend {backend!r}. Valid backends: {', '.join(BACKENDS)}.")
+        if modelPath is not None and not os.path.exists(modelPath):
+            raise FileNotFoundError(f"MACE model file {modelPath} does not exist; check modelPath=.")
+        self.name = name
+        self.modelPath = modelPath
+        self.policy = policy
+        self.backend = backend
+
+    def addForces(self, topology: openmm.app.Topology, system: openmm.System, atoms: Optional[Iterable[int]],
+                  forceGroup: int, device: Optional[str] = None, returnEnergyType: str = "interaction_energy",
+                  platform: Optional[str] = None, **args) -> None:
+        import torch
+
+        from .export import export_to_file
+        from .model_files import resolve_model_path
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        check_cuda(device)
+        check_cpu_torch(platform)
+        all_atoms = list(topology.atoms())
+        if any(atom.element is None for atom in all_atoms):
+            raise ValueError("Every atom needs an element for MACE; the topology has atoms without one.")
+        indices = None if atoms is None else sorted(int(i) for i in atoms)
+        selected = all_atoms if indices is None else [all_atoms[i] for i in indices]
+        atomic_numbers = [atom.element.atomic_number for atom in selected]
+        periodic = topology.getPeriodicBoxVectors() is not None or system.usesPeriodicBoundaryConditions()
+        if periodic:
+            check_box_vectors(system, topology)
+        model_path = resolve_model_path(self.name, self.modelPath)
+        path = export_to_file(
+            model_path, self.policy, self.backend, atomic_numbers, atom_indices=indices,
+            num_atoms_total=len(all_atoms), periodic=periodic, device=device, energy_type=returnEnergyType,
+        )
+        if self.policy == "tf32" and device.startswith("cuda"):
+            # TF32 GEMMs are a process-wide cuBLAS setting; the module rounds its operands to
+            # TF32 itself, so this only makes the hardware do what the numbers already are.
+            torch.backends.cuda.matmul.allow_tf32 = True
+        if KNOWN_MODELS.get(self.name) is not None:
+            logger.warning("%s is distributed under the %s licence: no commercial use.", self.name,
+                           KNOWN_MODELS[self.name].licence)
+        openmmtorch = import_openmmtorch()
+        force = openmmtorch.TorchForce(os.fspath(path))
+        force.setOutputsForces(True)
+        force.setUsesPeriodicBoundaryConditions(periodic)
+        force.setForceGroup(forceGroup)
+        system.addForce(force)
+
+    def getMLLongRange(self) -> bool:
+        return False
+
+
+def check_box_vectors(system: openmm.System, topology: openmm.app.Topology) -> None:
+    """Fail early on a box that is not in OpenMM's reduced form (the kernels assume it)."""
+    vectors = topology.getPeriodicBoxVectors()
+    if vectors is None:
+        vectors = system.getDefaultPeriodicBoxVectors()
+    a, b, c = [v.value_in_unit(openmm.unit.nanometer) for v in vectors]
+    if abs(a[1]) > 1e-9 or abs(a[2]) > 1e-9 or abs(b[2]) > 1e-9:
+        raise ValueError(
+            "Periodic box vectors must be in OpenMM's reduced form (a along x, b in the xy plane); "
+            "use openmm.app.internal.unitcell.reducePeriodicBoxVectors or Topology.setPeriodicBoxVectors."
+        )

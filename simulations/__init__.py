@@ -1,0 +1,1 @@
+"""openmm-mace-lp."""

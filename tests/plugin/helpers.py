@@ -1,0 +1,138 @@
+"""Test systems, models and the eager-MACE reference for the plug-in tests."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+import mace  # noqa: F401  (before e3nn)
+import openmm
+import openmm.app as app
+import openmm.unit as unit
+import torch
+
+from openmm_mace_lp.export import EV_TO_KJ_PER_MOL, build_force_module
+from openmm_mace_lp.systems.architectures import TINY, build_mace, save_model
+
+# Both backends can script this one quickly on a CPU (cuEquivariance's naive path for
+# max_ell=3 / correlation 3 generates ~76k lines of code); correlation 3 keeps the degree-3
+# symmetric contraction that mace's run-time branching breaks under TorchScript.
+ARCH_BOTH = dataclasses.replace(TINY, max_ell=1, correlation=3)
+# MACE-OFF's angular structure (max_ell 3, correlation 3), e3nn backend only on the CPU.
+ARCH_FULL = TINY
+
+WATER_OH = 0.09572  # nm
+WATER_ANGLE = np.deg2rad(104.52)
+
+
+@functools.lru_cache(maxsize=None)
+def model(arch_name: str = "both", seed: int = 1) -> torch.nn.Module:
+    arch = {"both": ARCH_BOTH, "full": ARCH_FULL}[arch_name]
+    return build_mace(arch, seed=seed)
+
+
+def model_file(directory: Path, arch_name: str = "both", seed: int = 1) -> Path:
+    path = directory / f"tiny-{arch_name}-{seed}.model"
+    if not path.exists():
+        save_model(model(arch_name, seed), path)
+    return path
+
+
+@dataclasses.dataclass
+class TestSystem:
+    topology: app.Topology
+    positions: np.ndarray  # nm
+    box: Optional[np.ndarray]  # nm, rows
+
+    @property
+    def atomic_numbers(self) -> list:
+        return [a.element.atomic_number for a in self.topology.atoms()]
+
+
+def water_box(n_per_side: int = 2, spacing: float = 0.31, seed: int = 0, box: Optional[np.ndarray] = None) -> TestSystem:
+    """Waters on a jittered cubic lattice with random orientations (not equilibrated)."""
+    rng = np.random.default_rng(seed)
+    topology = app.Topology()
+    chain = topology.addChain()
+    positions = []
+    h1 = np.array([WATER_OH, 0, 0])
+    h2 = WATER_OH * np.array([np.cos(WATER_ANGLE), np.sin(WATER_ANGLE), 0])
+    for ix in range(n_per_side):
+        for iy in range(n_per_side):
+            for iz in range(n_per_side):
+                residue = topology.addResidue("HOH", chain)
+                topology.addAtom("O", app.element.oxygen, residue)
+                topology.addAtom("H1", app.element.hydrogen, residue)
+                topology.addAtom("H2", app.element.hydrogen, residue)
+                q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+                o = (np.array([ix, iy, iz]) + 0.5) * spacing + rng.normal(scale=0.01, size=3)
+                positions += [o, o + q @ h1, o + q @ h2]
+    cell = np.eye(3) * n_per_side * spacing if box is None else box
+    topology.setPeriodicBoxVectors(cell * unit.nanometer)
+    return TestSystem(topology, np.array(positions), cell)
+
+
+def acetamide() -> TestSystem:
+    """CH3CONH2 (H, C, N, O), non-periodic."""
+    from ase.build import molecule
+
+    atoms = molecule("CH3CONH2")
+    topology = app.Topology()
+    residue = topology.addResidue("ACM", topology.addChain())
+    for i, symbol in enumerate(atoms.get_chemical_symbols()):
+        topology.addAtom(f"{symbol}{i}", app.element.get_by_symbol(symbol), residue)
+    return TestSystem(topology, atoms.get_positions() / 10.0, None)
+
+
+def eager_reference(model_path: Path, system: TestSystem, dtype: str = "float64"):
+    """Energy (kJ/mol, total incl. E0) and forces (kJ/mol/nm) from mace's own ASE calculator."""
+    from ase import Atoms
+    from mace.calculators import MACECalculator
+
+    atoms = Atoms(numbers=system.atomic_numbers, positions=system.positions * 10.0)
+    if system.box is not None:
+        atoms.set_cell(system.box * 10.0)
+        atoms.set_pbc(True)
+    calc = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype=dtype)
+    atoms.calc = calc
+    energy = atoms.get_potential_energy() * EV_TO_KJ_PER_MOL
+    forces = atoms.get_forces() * EV_TO_KJ_PER_MOL * 10.0
+    return energy, forces
+
+
+def openmm_state(system_obj: openmm.System, system: TestSystem, platform: str = "Reference"):
+    """Energy and forces of an OpenMM System at the test positions."""
+    integrator = openmm.VerletIntegrator(0.0005)
+    context = openmm.Context(system_obj, integrator, openmm.Platform.getPlatformByName(platform))
+    if system.box is not None:
+        context.setPeriodicBoxVectors(*system.box)
+    context.setPositions(system.positions)
+    state = context.getState(getEnergy=True, getForces=True)
+    energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+    return energy, np.asarray(forces)
+
+
+@functools.lru_cache(maxsize=None)
+def _scripted(arch_name: str, policy: str, backend: str, numbers: tuple, periodic: bool, energy: str):
+    return build_force_module(model(arch_name), policy, backend, list(numbers), periodic=periodic, energy_type=energy)
+
+
+def evaluate(system: TestSystem, policy: str = "fp64", backend: str = "e3nn", arch_name: str = "both",
+             positions: Optional[np.ndarray] = None, box: Optional[np.ndarray] = None,
+             numbers: Optional[Sequence[int]] = None, energy: str = "interaction_energy"):
+    """Call the scripted force module directly (no OpenMM) and return float64 numpy results."""
+    numbers = tuple(system.atomic_numbers if numbers is None else numbers)
+    box = system.box if box is None else box
+    module = _scripted(arch_name, policy, backend, numbers, box is not None, energy)
+    pos = torch.tensor(system.positions if positions is None else positions, dtype=torch.float64)
+    cell = None if box is None else torch.tensor(box, dtype=torch.float64)
+    e, f = module(pos, cell)
+    return float(e), f.detach().double().numpy()
+
+
+def rel_error(value: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.linalg.norm(value - reference) / np.linalg.norm(reference))
