@@ -78,8 +78,8 @@ class MACEForce(torch.nn.Module):
         energy = out[self.energy_type]
         forces = out["forces"]
         assert energy is not None and forces is not None
-        energy = energy.sum() * self.kj_per_ev
-        forces = forces * (self.kj_per_ev * self.angstrom_per_nm)
+        energy = energy.detach().sum() * self.kj_per_ev
+        forces = forces.detach() * (self.kj_per_ev * self.angstrom_per_nm)
         if self.use_subset:
             full = torch.zeros((self.num_atoms_total, 3), dtype=forces.dtype, device=forces.device)
             forces = full.index_copy(0, self.atom_indices, forces)

@@ -23,10 +23,9 @@ assert (MATMUL_NATIVE, MATMUL_TF32) == (0, 1)  # literals in policy_matmul
 
 
 def round_to_tf32(x: torch.Tensor) -> torch.Tensor:
-    """Round float32 values to TF32 (10 mantissa bits), nearest-even; gradient passes straight."""
-    bits = x.detach().contiguous().view(torch.int32)
-    lsb = torch.bitwise_and(torch.bitwise_right_shift(bits, 13), 1)
-    rounded = torch.bitwise_and(bits + 0xFFF + lsb, -8192).view(torch.float32)
+    """Round float32 values to TF32 (11 significant bits), nearest-even; gradient passes straight."""
+    mantissa, exponent = torch.frexp(x.detach())  # mantissa in [0.5, 1)
+    rounded = torch.ldexp(torch.round(mantissa * 2048.0) / 2048.0, exponent.to(x.dtype))
     return x + (rounded - x).detach()
 
 

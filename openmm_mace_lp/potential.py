@@ -145,8 +145,6 @@ class MACELPPotentialImpl(MLPotentialImpl):
         selected = all_atoms if indices is None else [all_atoms[i] for i in indices]
         atomic_numbers = [atom.element.atomic_number for atom in selected]
         periodic = topology.getPeriodicBoxVectors() is not None or system.usesPeriodicBoundaryConditions()
-        if periodic:
-            check_box_vectors(system, topology)
         model_path = resolve_model_path(self.name, self.modelPath)
         path = export_to_file(
             model_path, self.policy, self.backend, atomic_numbers, atom_indices=indices,
@@ -168,16 +166,3 @@ class MACELPPotentialImpl(MLPotentialImpl):
 
     def getMLLongRange(self) -> bool:
         return False
-
-
-def check_box_vectors(system: openmm.System, topology: openmm.app.Topology) -> None:
-    """Fail early on a box that is not in OpenMM's reduced form (the kernels assume it)."""
-    vectors = topology.getPeriodicBoxVectors()
-    if vectors is None:
-        vectors = system.getDefaultPeriodicBoxVectors()
-    a, b, c = [v.value_in_unit(openmm.unit.nanometer) for v in vectors]
-    if abs(a[1]) > 1e-9 or abs(a[2]) > 1e-9 or abs(b[2]) > 1e-9:
-        raise ValueError(
-            "Periodic box vectors must be in OpenMM's reduced form (a along x, b in the xy plane); "
-            "use openmm.app.internal.unitcell.reducePeriodicBoxVectors or Topology.setPeriodicBoxVectors."
-        )

@@ -64,9 +64,9 @@ def water_box(n_per_side: int = 2, spacing: float = 0.31, seed: int = 0, box: Op
         for iy in range(n_per_side):
             for iz in range(n_per_side):
                 residue = topology.addResidue("HOH", chain)
-                topology.addAtom("O", app.element.oxygen, residue)
-                topology.addAtom("H1", app.element.hydrogen, residue)
-                topology.addAtom("H2", app.element.hydrogen, residue)
+                o_atom = topology.addAtom("O", app.element.oxygen, residue)
+                topology.addBond(o_atom, topology.addAtom("H1", app.element.hydrogen, residue))
+                topology.addBond(o_atom, topology.addAtom("H2", app.element.hydrogen, residue))
                 q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
                 o = (np.array([ix, iy, iz]) + 0.5) * spacing + rng.normal(scale=0.01, size=3)
                 positions += [o, o + q @ h1, o + q @ h2]

@@ -1,0 +1,68 @@
+"""`mace-lp policies`, `mace-lp export` and the file's use with plain openmm-torch."""
+from __future__ import annotations
+
+import numpy as np
+import openmm
+import openmm.app as app
+import pytest
+from openmmml import MLPotential
+
+from openmm_mace_lp.cli import main
+from openmm_mace_lp.export import export_to_file, read_metadata
+from openmm_mace_lp.policy import POLICIES
+
+from .helpers import model_file, openmm_state, water_box
+
+
+def test_policies_lists_every_policy(capsys):
+    assert main(["policies"]) == 0
+    out = capsys.readouterr().out
+    for name, policy in POLICIES.items():
+        assert name in out and policy.summary[:30] in out
+
+
+def test_exported_file_runs_in_plain_openmm_torch(tmp_path, tmp_path_factory):
+    path = model_file(tmp_path_factory.getbasetemp())
+    system = water_box(2)
+    pdb = tmp_path / "water.pdb"
+    with open(pdb, "w") as handle:
+        app.PDBFile.writeFile(system.topology, system.positions * 10.0 * openmm.unit.angstrom, handle)
+    output = tmp_path / "water-fp64.pt"
+    assert main(["export", str(path), "--topology", str(pdb), "--policy", "fp64", "--backend", "e3nn",
+                 "-o", str(output)]) == 0
+    meta = read_metadata(output)
+    assert meta["policy"] == "fp64" and meta["periodic"] and meta["atomic_numbers"] == system.atomic_numbers
+
+    import openmmtorch  # plain openmm-torch, as a user without this package would do
+
+    omm = openmm.System()
+    for atom in system.topology.atoms():
+        omm.addParticle(atom.element.mass)
+    omm.setDefaultPeriodicBoxVectors(*system.box)
+    force = openmmtorch.TorchForce(str(output))
+    force.setOutputsForces(True)
+    force.setUsesPeriodicBoundaryConditions(True)
+    omm.addForce(force)
+    energy, forces = openmm_state(omm, system)
+    expected = MLPotential("mace-lp", modelPath=str(path), policy="fp64", backend="e3nn").createSystem(
+        system.topology, device="cpu")
+    energy_ref, forces_ref = openmm_state(expected, system)
+    assert energy == pytest.approx(energy_ref, rel=1e-12)
+    assert np.allclose(forces, forces_ref, rtol=0, atol=1e-9 * np.abs(forces_ref).max())
+
+
+def test_export_cache_is_keyed_by_policy(tmp_path_factory):
+    path = model_file(tmp_path_factory.getbasetemp())
+    numbers = water_box(1).atomic_numbers
+    first = export_to_file(path, "fp32", "e3nn", numbers, periodic=True)
+    again = export_to_file(path, "fp32", "e3nn", numbers, periodic=True)
+    other = export_to_file(path, "bf16", "e3nn", numbers, periodic=True)
+    assert first == again and first.stat().st_mtime_ns == again.stat().st_mtime_ns
+    assert other != first and read_metadata(other)["policy"] == "bf16"
+    assert not list(first.parent.glob("*.part"))
+
+
+def test_export_of_missing_topology_fails_clearly(tmp_path, capsys):
+    assert main(["export", "x.model", "--topology", str(tmp_path / "none.pdb"), "-o", str(tmp_path / "o.pt")]) == 1
+    assert "none.pdb does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o.pt").exists()

@@ -1,0 +1,54 @@
+"""The training recipe: the mace command is valid, offline and has the issue-3 architecture."""
+
+from pathlib import Path
+
+import pytest
+
+from openmm_mace_lp.systems.recipes import train_water as T
+
+
+def _parsed(tmp_path, hp=None):
+    import mace  # noqa: F401  (before e3nn)
+    from mace.tools import build_default_arg_parser
+
+    args = T.mace_arguments(T.DATA_DIR, tmp_path, "cpu", hp or T.HYPERPARAMETERS)
+    return build_default_arg_parser().parse_args(args)
+
+
+def test_mace_accepts_the_command_and_architecture(tmp_path):
+    a = _parsed(tmp_path)
+    assert a.num_interactions == 2
+    assert a.hidden_irreps == "64x0e+64x1o"
+    assert a.max_ell == 3 and a.correlation == 3
+    assert a.r_max == 5.0 and a.num_radial_basis == 8
+    assert a.radial_MLP == "[64,64,64]"
+    assert a.E0s == "isolated" and a.loss == "stress" and a.compute_stress
+    assert a.ema and a.swa and a.start_swa < a.max_num_epochs
+    assert a.energy_key == "REF_energy" and a.forces_key == "REF_forces" and a.stress_key == "REF_stress"
+    assert a.seed == T.SEED and a.default_dtype == "float64"
+    # nothing that downloads: no foundation model, no wandb
+    assert a.foundation_model is None and not a.wandb
+    for f in (a.train_file, a.valid_file, a.test_file):
+        assert Path(f).name.startswith(T.PREFIX) and f.endswith(".extxyz.xz")
+
+
+def test_print_command_and_overrides(capsys):
+    T.main(["--print-command", "--device", "cpu", "--epochs", "8", "--set", "batch_size=4",
+            "--set", "enable_cueq=true"])
+    out = capsys.readouterr().out
+    assert "mace.cli.run_train" in out
+    assert "--max_num_epochs=8" in out and "--start_stage_two=6" in out
+    assert "--batch_size=4" in out and "--enable_cueq=True" in out
+
+
+@pytest.mark.slow
+def test_smoke_training_on_cpu(tmp_path):
+    """Tiny model, one epoch, a few frames of the real data: the full recipe runs."""
+    if not (T.DATA_DIR / f"{T.PREFIX}_train.extxyz.xz").exists():
+        pytest.skip("data not generated yet")
+    T.main(["--smoke", "--device", "cpu", "--work-dir", str(tmp_path)])
+    import json
+
+    err = json.loads((tmp_path / "smoke_models" / f"{T.MODEL_NAME}.test_errors.json").read_text())
+    assert err["overall"]["frames"] > 0
+    assert (tmp_path / "smoke_models" / f"{T.MODEL_NAME}.md").exists()
