@@ -23,10 +23,17 @@ assert (MATMUL_NATIVE, MATMUL_TF32) == (0, 1)  # literals in policy_matmul
 
 
 def round_to_tf32(x: torch.Tensor) -> torch.Tensor:
-    """Round float32 values to TF32 (11 significant bits), nearest-even; gradient passes straight."""
-    mantissa, exponent = torch.frexp(x.detach())  # mantissa in [0.5, 1)
-    rounded = torch.ldexp(torch.round(mantissa * 2048.0) / 2048.0, exponent.to(x.dtype))
-    return x + (rounded - x).detach()
+    """Round float32 values to TF32 (11 significant bits), nearest-even; gradient passes straight.
+
+    The rounding correction is computed without autograd and added as a constant: the
+    straight-through form ``x + (r - x).detach()`` lost its gradient inside TorchScript's CUDA
+    fuser (forces came out zero on an H200).
+    """
+    with torch.no_grad():
+        mantissa, exponent = torch.frexp(x)  # mantissa in [0.5, 1)
+        rounded = torch.ldexp(torch.round(mantissa * 2048.0) / 2048.0, exponent.to(x.dtype))
+        correction = rounded - x
+    return x + correction
 
 
 def policy_matmul(
@@ -34,10 +41,13 @@ def policy_matmul(
 ) -> torch.Tensor:
     """x @ weight with the operand precision of ``mode`` and a result in x's dtype.
 
-    bf16/fp16 on CUDA use cuBLAS with float32 output (``out_dtype``), i.e. low-precision
-    operands, fp32 accumulation, no rounding of the result. Elsewhere the same arithmetic is
-    emulated: operands rounded to the low format, product and sum in float32 (the product of
-    two bf16/fp16 numbers is exact in float32, so only the summation order differs).
+    bf16/fp16: both operands in the low format, products summed in float32 (cuBLAS on CUDA),
+    and the result rounded to the low format before it continues in float32. The rounding of
+    the result is what cuBLAS returns for low-precision operands; its float32-output variant
+    (``torch.mm(..., out_dtype=)``) has no autograd formula in torch 2.11, and forces need the
+    backward pass. Off CUDA the same arithmetic is emulated exactly (the product of two
+    bf16/fp16 numbers is exact in float32, so only the summation order differs), which is what
+    the CPU tests check. TF32: operands rounded to TF32, float32 accumulation and result.
     """
     # TorchScript cannot read module constants: 0 and 1 are policy.MATMUL_NATIVE and MATMUL_TF32.
     if mode == 0:
@@ -46,8 +56,8 @@ def policy_matmul(
         return torch.mm(round_to_tf32(x), weight)
     low = weight_low.dtype
     if x.is_cuda:
-        return torch.mm(x.to(low), weight_low, out_dtype=x.dtype)
-    return torch.mm(x.to(low).to(x.dtype), weight)
+        return torch.mm(x.to(low), weight_low).to(x.dtype)
+    return torch.mm(x.to(low).to(x.dtype), weight).to(low).to(x.dtype)
 
 
 def _low_dtype(mode: int) -> torch.dtype:

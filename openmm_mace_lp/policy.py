@@ -60,22 +60,22 @@ POLICIES: dict[str, Policy] = {
             "tf32",
             torch.float32,
             MATMUL_TF32,
-            "float32 model; linear layers and radial MLP take TF32-rounded operands "
-            "(tensor cores on CUDA), float32 accumulation",
+            "float32 model; linear layers and radial MLP take TF32-rounded operands, "
+            "float32 accumulation (TF32 numerics on every device)",
         ),
         Policy(
             "bf16",
             torch.float32,
             MATMUL_BF16,
             "float32 model; linear layers and radial MLP take bfloat16 operands, "
-            "float32 accumulation and float32 outputs",
+            "float32 accumulation, results rounded to bfloat16 and continued in float32",
         ),
         Policy(
             "fp16",
             torch.float32,
             MATMUL_FP16,
             "float32 model; linear layers and radial MLP take float16 operands, "
-            "float32 accumulation and float32 outputs",
+            "float32 accumulation, results rounded to float16 and continued in float32",
         ),
     )
 }

@@ -150,10 +150,6 @@ class MACELPPotentialImpl(MLPotentialImpl):
             model_path, self.policy, self.backend, atomic_numbers, atom_indices=indices,
             num_atoms_total=len(all_atoms), periodic=periodic, device=device, energy_type=returnEnergyType,
         )
-        if self.policy == "tf32" and device.startswith("cuda"):
-            # TF32 GEMMs are a process-wide cuBLAS setting; the module rounds its operands to
-            # TF32 itself, so this only makes the hardware do what the numbers already are.
-            torch.backends.cuda.matmul.allow_tf32 = True
         if KNOWN_MODELS.get(self.name) is not None:
             logger.warning("%s is distributed under the %s licence: no commercial use.", self.name,
                            KNOWN_MODELS[self.name].licence)

@@ -1,0 +1,140 @@
+"""Config loading and validation: every mistake is named before any model work starts."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from openmm_mace_lp.simulations import tomlwriter
+from openmm_mace_lp.simulations.config import (SimulationConfig, check_resume_changes, config_from_dict,
+                                               load_config, parse_override, resolved)
+from openmm_mace_lp.simulations.run import simulate
+from sim_helpers import tiny_config, tiny_settings
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_file_overrides_and_relative_paths(tmp_path, tiny_model):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "tiny.model").write_bytes(tiny_model.read_bytes())
+    config_path = write(tmp_path / "run.toml", """
+ensemble = "npt"
+[model]
+path = "m/tiny.model"
+policy = "bf16"
+[integrator]
+timestep_fs = 1
+[platform.properties]
+Precision = "mixed"
+""")
+    config = load_config(config_path, ["run.production_steps=500", "model.backend=e3nn"], ensemble="npt")
+    assert config.model.path == str((tmp_path / "m" / "tiny.model").resolve())
+    assert config.model.policy == "bf16" and config.model.backend == "e3nn"
+    assert config.integrator.timestep_fs == 1.0 and isinstance(config.integrator.timestep_fs, float)
+    assert config.run.production_steps == 500
+    assert config.platform.properties == {"Precision": "mixed"}
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["integrator.timstep_fs=1"], r"unknown key 'integrator.timstep_fs' \(did you mean 'integrator.timestep_fs'\?\)"),
+    (["thermostat.friction=1"], r"unknown key 'thermostat'"),
+    (["run.production_steps=\"many\""], r"run.production_steps = 'many' has the wrong type: expected an integer"),
+    (["run.production_steps=1.5"], r"run.production_steps = 1.5 has the wrong type"),
+    (["integrator.timestep_fs=-1"], r"integrator.timestep_fs = -1.0: must be in \(0, 10\]"),
+    (["integrator.temperature_K=0"], r"integrator.temperature_K = 0.0: must be a positive temperature"),
+    (["integrator.friction_per_ps=-2"], r"integrator.friction_per_ps"),
+    (["barostat.pressure_bar=-1"], r"barostat.pressure_bar = -1.0"),
+    (["barostat.mode=\"sideways\""], r"barostat.mode = 'sideways' is not one of isotropic, anisotropic"),
+    (["run.seed=0"], r"run.seed = 0: must be in 1..2147483647"),
+    (["run.production_steps=0"], r"run.production_steps = 0: must be >= 1"),
+    (["output.trajectory_interval_steps=100", "run.production_steps=10"],
+     r"output.trajectory_interval_steps = 100: is longer than run.production_steps = 10"),
+    (["output.checkpoint_interval_steps=0"], r"output.checkpoint_interval_steps = 0"),
+    (["guards.min_temperature_factor=1.5"], r"guards.min_temperature_factor = 1.5"),
+    (["model.policy=fp8"], r"model.policy = 'fp8' is not one of"),
+    (["model.backend=\"jax\""], r"model.backend = 'jax'"),
+    (["platform.name=Metal"], r"platform.name = 'Metal'"),
+    (["platform.device=gpu0"], r"platform.device = 'gpu0'"),
+    (["system.pdb=water.pdb"], r"system.water_molecules and system.pdb are both set"),
+    (["platform.properties.Precision=true"], r"platform.properties.Precision = True"),
+])
+def test_bad_values_name_the_key(tiny_model, settings, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, tiny_settings(tiny_model) + settings, ensemble="npt")
+
+
+def test_missing_files_name_the_key(tmp_path, tiny_model):
+    with pytest.raises(FileNotFoundError, match=r"model.path = '.*nowhere.model': no such file"):
+        load_config(None, tiny_settings(tiny_model) + [f"model.path={tmp_path}/nowhere.model"])
+    with pytest.raises(FileNotFoundError, match=r"system.pdb = '.*absent.pdb': no such file"):
+        load_config(None, tiny_settings(tiny_model, system__water_molecules=None) +
+                    [f"system.pdb={tmp_path}/absent.pdb"])
+    with pytest.raises(FileNotFoundError, match="config file"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_file_errors(tmp_path, tiny_model):
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(write(tmp_path / "bad.toml", "ensemble = \n"))
+    with pytest.raises(ValueError, match=r"says ensemble = 'nvt' but the command asks for 'npt'"):
+        load_config(write(tmp_path / "nvt.toml", 'ensemble = "nvt"\n'), ensemble="npt")
+    with pytest.raises(ValueError, match=r"\[run\] must be a table"):
+        config_from_dict({"run": 3})
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_override("integrator.timestep_fs")
+
+
+def test_overrides_parse_toml_values_and_bare_strings():
+    assert parse_override("integrator.timestep_fs=1.0") == (["integrator", "timestep_fs"], 1.0)
+    assert parse_override("run.minimize=false") == (["run", "minimize"], False)
+    assert parse_override("model.path=my.model") == (["model", "path"], "my.model")
+    assert parse_override('model.policy="bf16"') == (["model", "policy"], "bf16")
+    assert parse_override("platform.properties.DeviceIndex=0") == (["platform", "properties", "DeviceIndex"], 0)
+
+
+def test_resolved_config_round_trips_through_toml(tiny_model):
+    config = resolved(tiny_config(tiny_model, "npt", platform__properties__Threads="1"))
+    assert config.platform.name == "Reference" and config.platform.device == "cpu"
+    assert config.model.backend == "e3nn" and config.system.water_molecules == 8
+    again = config_from_dict(tomllib.loads(config.to_toml()))
+    assert again == config
+
+
+def test_toml_writer_quotes_and_nests():
+    text = tomlwriter.dumps({"a": 'say "hi"\n', "b": 1.0, "c": 2, "d": True, "e": None,
+                             "t": {"x": [1, 2], "u": {"k v": "w"}}})
+    assert tomllib.loads(text) == {"a": 'say "hi"\n', "b": 1.0, "c": 2, "d": True,
+                                   "t": {"x": [1, 2], "u": {"k v": "w"}}}
+
+
+def test_resume_may_only_extend(tiny_model):
+    stored = resolved(tiny_config(tiny_model, "npt"))
+    longer = stored.copy()
+    longer.run.production_steps *= 2
+    assert check_resume_changes(stored, longer) == ["run.production_steps"]
+    hotter = stored.copy()
+    hotter.integrator.temperature_K = 350.0
+    with pytest.raises(ValueError, match="integrator.temperature_K"):
+        check_resume_changes(stored, hotter)
+
+
+def test_errors_come_before_any_model_work(tmp_path, tiny_model):
+    """A structure that cannot run NPT fails before the model is exported or a manifest exists."""
+    pdb = write(tmp_path / "mol.pdb", "HETATM    1  O   HOH A   1       0.000   0.000   0.000  1.00  0.00           O\n"
+                                      "HETATM    2  H1  HOH A   1       0.957   0.000   0.000  1.00  0.00           H\n"
+                                      "HETATM    3  H2  HOH A   1      -0.240   0.927   0.000  1.00  0.00           H\nEND\n")
+    config = load_config(None, tiny_settings(tiny_model, system__water_molecules=None) +
+                         [f"system.pdb={pdb}"], ensemble="npt")
+    with pytest.raises(ValueError, match="needs a periodic box"):
+        simulate(config, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run" / "manifest.json").exists()
+    with pytest.raises(ValueError, match="integrator.timestep_fs"):
+        bad = SimulationConfig()
+        bad.model.path = str(tiny_model)
+        bad.integrator.timestep_fs = 50.0
+        simulate(bad, tmp_path / "run2", quiet=True)
+    assert not (tmp_path / "run2").exists()

@@ -1,0 +1,110 @@
+"""Checkpoint and resume: a run killed mid-way and resumed is the uninterrupted run, exactly.
+
+On the Reference platform with NPT (Langevin noise and Monte Carlo barostat moves both draw
+from the random number generator stored in OpenMM checkpoints; the barostat's adaptive step
+size is not stored, which ``output.reinitialize_on_checkpoint`` takes care of).
+"""
+from __future__ import annotations
+
+import csv
+import json
+
+import mdtraj as md
+import numpy as np
+import openmm
+import pytest
+
+from openmm_mace_lp.simulations.checkpoint import read_records
+from openmm_mace_lp.simulations.run import simulate
+from sim_helpers import RaiseAt, tiny_config
+
+PRODUCTION = 12
+KILL_AT = 10  # after the checkpoint at step 8, with rows 10 and a frame at 10 written after it
+
+
+def config_for(model, **overrides):
+    settings = dict(run__production_steps=PRODUCTION, output__checkpoint_interval_steps=4,
+                    output__trajectory_interval_steps=2)
+    settings.update(overrides)
+    return tiny_config(model, "npt", **settings)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("resume")
+    config = config_for(tiny_model)
+    whole = simulate(config, root / "whole", quiet=True).run_dir
+    killed = root / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        simulate(config, killed, quiet=True,
+                 hooks=_hooks({"production": [RaiseAt(KILL_AT, KeyboardInterrupt("simulated kill"))]}))
+    state = {"manifest": json.loads((killed / "manifest.json").read_text()),
+             "records": read_records(killed), "csv": (killed / "state.csv").read_text()}
+    # A kill can also land mid-write: leave half a row and half a frame behind.
+    with open(killed / "state.csv", "a") as handle:
+        handle.write("12,0.006,-1")
+    with open(killed / "trajectory.dcd", "ab") as handle:
+        handle.write(b"\0" * 100)
+    resumed = simulate(None, killed, resume=True, quiet=True)
+    return whole, killed, state, resumed
+
+
+def rows(run_dir):
+    with open(run_dir / "state.csv", newline="") as handle:
+        return [row[:-1] for row in csv.reader(handle)]  # all but the wall-clock speed column
+
+
+def test_kill_left_the_last_checkpoint_and_rows_after_it(pair):
+    _, _, state, _ = pair
+    assert state["manifest"]["status"] == "failed"
+    assert state["manifest"]["failure"]["kind"] == "interrupted"
+    assert state["manifest"]["steps_completed"] == 8
+    assert state["records"][0].phase == "production" and state["records"][0].step == 8
+    assert [int(line.split(",")[0]) for line in state["csv"].splitlines()[1:]] == [2, 4, 6, 8, 10]
+
+
+def test_resumed_run_reproduces_the_uninterrupted_run_exactly(pair):
+    whole, killed, _, resumed = pair
+    assert resumed.status == "completed" and resumed.manifest["segments"] == 2
+    assert rows(killed) == rows(whole)
+    steps = [int(row[0]) for row in rows(killed)[1:]]
+    assert steps == list(range(2, PRODUCTION + 1, 2))  # no duplicated or missing rows
+    volumes = {row[6] for row in rows(killed)[1:]}
+    assert len(volumes) > 1  # the barostat did move
+
+    a = md.load_dcd(str(whole / "trajectory.dcd"), top=str(whole / "topology.pdb"))
+    b = md.load_dcd(str(killed / "trajectory.dcd"), top=str(killed / "topology.pdb"))
+    assert a.n_frames == b.n_frames == PRODUCTION // 2
+    np.testing.assert_array_equal(a.xyz, b.xyz)
+    np.testing.assert_array_equal(a.unitcell_vectors, b.unitcell_vectors)
+
+    final = [openmm.XmlSerializer.deserialize((d / "final_state.xml").read_text()) for d in (whole, killed)]
+    for getter in ("getPositions", "getVelocities"):
+        x, y = (np.asarray(getattr(s, getter)(asNumpy=True)._value) for s in final)
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(np.asarray(final[0].getPeriodicBoxVectors()._value),
+                                  np.asarray(final[1].getPeriodicBoxVectors()._value))
+
+
+def test_resuming_a_finished_run_does_nothing_and_may_extend_it(pair, tiny_model):
+    _, killed, _, _ = pair
+    again = simulate(None, killed, resume=True, quiet=True)
+    assert again.manifest["segments"] == 2  # nothing was run
+    longer = simulate(config_for(tiny_model, run__production_steps=PRODUCTION + 2), killed,
+                      resume=True, quiet=True)
+    assert longer.status == "completed" and longer.manifest["steps_completed"] == PRODUCTION + 2
+    assert [int(row[0]) for row in rows(killed)[1:]] == list(range(2, PRODUCTION + 3, 2))
+
+
+def test_resume_refuses_a_different_simulation(pair, tiny_model):
+    _, killed, _, _ = pair
+    with pytest.raises(ValueError, match="integrator.timestep_fs"):
+        simulate(config_for(tiny_model, integrator__timestep_fs=0.25), killed, resume=True, quiet=True)
+    with pytest.raises(ValueError, match="already holds a run"):
+        simulate(config_for(tiny_model), killed, quiet=True)
+
+
+def _hooks(reporters):
+    from openmm_mace_lp.simulations.run import RunHooks
+
+    return RunHooks(reporters=reporters)
