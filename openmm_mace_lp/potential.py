@@ -1,8 +1,8 @@
 """openmm-ml plug-in: ``MLPotential("mace-off24-lp", policy="bf16")`` -> a TorchForce.
 
-Registered through the ``openmmml.potentials`` entry point for the names in
-``model_files.KNOWN_MODELS`` and ``mace-lp`` (a local file via ``modelPath``, or the embedded
-water model). ``createSystem`` and ``createMixedSystem`` come from openmm-ml unchanged; this
+Registered through the ``openmmml.potentials`` entry point (``entry_point.py``) for the names
+in ``model_files.KNOWN_MODELS`` and ``mace-lp`` (a local file via ``modelPath``, or the
+embedded water model). ``createSystem`` and ``createMixedSystem`` come from openmm-ml unchanged; this
 module only adds the force, after the guards that turn known failure modes into clear errors.
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Iterable, Optional
 
 import openmm
 import openmm.app
-from openmmml.mlpotential import MLPotentialImpl, MLPotentialImplFactory
+from openmmml.mlpotential import MLPotentialImpl
 
 from .backend import BACKENDS
 from .model_files import KNOWN_MODELS, LOCAL_MODEL_NAME
-from .policy import DEFAULT_POLICY, get_policy
+from .policy import get_policy
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +92,6 @@ def check_cuda(device: str) -> None:
             f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}). Use device='cpu' "
             f"with the CPU or Reference platform, or run on a machine with a GPU."
         )
-
-
-class MACELPPotentialImplFactory(MLPotentialImplFactory):
-    """Creates MACELPPotentialImpl objects for openmm-ml."""
-
-    def createImpl(self, name: str, modelPath: Optional[str] = None, policy: str = DEFAULT_POLICY,
-                   backend: str = "auto", **args) -> MLPotentialImpl:
-        return MACELPPotentialImpl(name, modelPath, policy, backend)
 
 
 class MACELPPotentialImpl(MLPotentialImpl):

@@ -11,7 +11,8 @@ import torch
 from openmmml import MLPotential
 
 from openmm_mace_lp.model_files import KnownModel, download_known_model, load_mace_model, resolve_model_path
-from openmm_mace_lp.potential import MACELPPotentialImplFactory, check_cpu_torch, check_cuda
+from openmm_mace_lp.entry_point import MACELPPotentialImplFactory
+from openmm_mace_lp.potential import check_cpu_torch, check_cuda
 
 from .helpers import acetamide, model_file, water_box
 

@@ -138,3 +138,28 @@ def test_errors_come_before_any_model_work(tmp_path, tiny_model):
         bad.integrator.timestep_fs = 50.0
         simulate(bad, tmp_path / "run2", quiet=True)
     assert not (tmp_path / "run2").exists()
+
+
+def test_barostats_are_seeded_and_anisotropic_on_request(tiny_model):
+    import openmm
+
+    from openmm_mace_lp.simulations.openmm_setup import create_barostat
+
+    config = tiny_config(tiny_model, "npt", run__seed=7, barostat__interval_steps=13)
+    iso = create_barostat(config)
+    assert isinstance(iso, openmm.MonteCarloBarostat)
+    assert iso.getRandomNumberSeed() == 7 and iso.getFrequency() == 13
+    config.barostat.mode = "anisotropic"
+    aniso = create_barostat(config)
+    assert isinstance(aniso, openmm.MonteCarloAnisotropicBarostat)
+    assert aniso.getScaleX() and aniso.getScaleY() and aniso.getScaleZ() and aniso.getRandomNumberSeed() == 7
+
+
+@pytest.mark.parametrize("name", ["water_1029_npt.toml", "water_192_nve.toml", "water_192_nvt_cpu.toml"])
+def test_example_configs_are_valid(name, tiny_model):
+    from openmm_mace_lp.simulations.config import validate
+
+    path = Path(__file__).resolve().parents[2] / "simulations" / "examples" / name
+    config = config_from_dict(tomllib.loads(path.read_text()), str(path))
+    config.model.path = str(tiny_model)  # the embedded model may not be installed yet
+    validate(config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 
 import mdtraj as md
 import numpy as np
@@ -94,6 +95,19 @@ def test_resuming_a_finished_run_does_nothing_and_may_extend_it(pair, tiny_model
                       resume=True, quiet=True)
     assert longer.status == "completed" and longer.manifest["steps_completed"] == PRODUCTION + 2
     assert [int(row[0]) for row in rows(killed)[1:]] == list(range(2, PRODUCTION + 3, 2))
+
+
+def test_pause_at_a_deadline_then_resume_is_exact(pair, tmp_path, tiny_model):
+    """A time limit (--max-minutes) pauses at the next report step with a checkpoint; here that
+    is the end of equilibration, so this also resumes from an equilibration checkpoint."""
+    whole = pair[0]
+    run_dir = tmp_path / "paused"
+    paused = simulate(config_for(tiny_model), run_dir, quiet=True, deadline=time.monotonic() - 1.0)
+    assert paused.status == "paused" and paused.manifest["checkpoint"]["phase"] == "equilibration"
+    assert not (run_dir / "state.csv").exists() or len(rows(run_dir)) == 1
+    done = simulate(None, run_dir, resume=True, quiet=True)
+    assert done.status == "completed"
+    assert rows(run_dir) == rows(whole)
 
 
 def test_resume_refuses_a_different_simulation(pair, tiny_model):

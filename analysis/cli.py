@@ -1,0 +1,287 @@
+"""``mace-lp analyze | compare | report | static``: the analysis sub-commands.
+
+Heavy imports (numpy, MDTraj, matplotlib, the evaluator) happen inside the commands so
+that registering them costs nothing. Errors meant for the user are ValueError /
+FileNotFoundError / RuntimeError with the fix in the message.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .analyze import AnalysisOptions
+
+DEFAULT_LEVEL = 0.99
+DEFAULT_RDF_FACTOR = 1.5
+
+
+def register(subparsers: Any) -> None:
+    """Add the analysis sub-commands to the ``mace-lp`` parser."""
+    _register_analyze(subparsers)
+    _register_compare(subparsers)
+    _register_report(subparsers)
+    _register_static(subparsers)
+
+
+# --------------------------------------------------------------------------------------
+# Argument groups
+# --------------------------------------------------------------------------------------
+
+
+def _add_analysis_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("observables")
+    group.add_argument("--equilibration", default="auto", metavar="auto|none|PS",
+                       help="discard the transient: 'auto' (max effective samples, default), "
+                            "'none', or a time in ps")
+    group.add_argument("--no-trajectory", action="store_true",
+                       help="state-CSV observables only (skip RDF and MSD)")
+    group.add_argument("--stride", type=int, default=1, help="read every N-th trajectory frame")
+    group.add_argument("--rdf-rmax", type=float, default=1.0, metavar="NM",
+                       help="RDF range in nm (capped at half the box; default 1.0)")
+    group.add_argument("--rdf-bin", type=float, default=0.005, metavar="NM",
+                       help="RDF bin width in nm (default 0.005)")
+    group.add_argument("--rdf-pair", action="append", nargs=3, metavar=("NAME", "SEL_A", "SEL_B"),
+                       help="RDF between two MDTraj selections, repeatable (default: water "
+                            "O-O, O-H, H-H, else all atoms)")
+    group.add_argument("--msd-selection", metavar="SEL",
+                       help="MDTraj selection for the MSD (default: water oxygens)")
+    group.add_argument("--msd-fit", type=float, nargs=2, metavar=("START", "END"),
+                       help="MSD fit window in ps (default: 10-50%% of the longest lag)")
+
+
+def _add_verdict_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference", default="fp64",
+                        help="reference policy (default fp64)")
+    parser.add_argument("--level", type=float, default=DEFAULT_LEVEL,
+                        help="confidence level of the verdicts (default 0.99)")
+    parser.add_argument("--rdf-factor", type=float, default=DEFAULT_RDF_FACTOR,
+                        help="RDF within noise if IAD <= factor x noise floor (default 1.5)")
+
+
+def _register_analyze(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "analyze", help="observables of one run with uncertainties",
+        description="Observables of one run directory (equilibration cut, means with "
+                    "statistical-inefficiency and block errors, RDFs, MSD/D, NVE drift).")
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="JSON output (default RUN_DIR/analysis.json)")
+    _add_analysis_options(parser)
+    parser.set_defaults(func=cmd_analyze)
+
+
+def _register_compare(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="every precision arm against the FP64 reference",
+        description="Compare every policy under ARMS_DIR with the reference policy: "
+                    "differences, combined uncertainties and verdicts (JSON + Markdown).")
+    parser.add_argument("arms_dir", metavar="ARMS_DIR")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="JSON output; Markdown goes next to it with .md "
+                             "(default ARMS_DIR/comparison.json)")
+    _add_verdict_options(parser)
+    _add_analysis_options(parser)
+    parser.set_defaults(func=cmd_compare)
+
+
+def _register_report(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "report", help="Markdown + HTML report with plots",
+        description="Write REPORT_DIR/report.md, report.html, comparison.json and "
+                    "figures/*.png: verdict table first, then tables and plots.")
+    parser.add_argument("arms_dir", metavar="ARMS_DIR")
+    parser.add_argument("-o", "--output", metavar="REPORT_DIR", required=True)
+    _add_verdict_options(parser)
+    _add_analysis_options(parser)
+    parser.set_defaults(func=cmd_report)
+
+
+def _register_static(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "static", help="static energy/force errors of each policy vs fp64",
+        description="Evaluate the same model at every policy on fixed structures and report "
+                    "AE_E, RAE_E, AE_F, RAE_F and force cosine similarity against fp64.")
+    parser.add_argument("--model", metavar="PATH", help="MACE model file")
+    parser.add_argument("--structures", metavar="FILE", required=True,
+                        help=".xyz/.extxyz, or a trajectory (with --top)")
+    parser.add_argument("--top", metavar="TOP", help="topology for a trajectory (PDB)")
+    parser.add_argument("--policies", required=True, metavar="LIST",
+                        help="comma-separated policies, e.g. fp64,fp32,bf16")
+    parser.add_argument("--reference", default="fp64")
+    parser.add_argument("--backend", default="e3nn", choices=("e3nn", "cueq"))
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    parser.add_argument("--stride", type=int, default=1)
+    parser.add_argument("--max-frames", type=int, metavar="N")
+    parser.add_argument("-o", "--output", metavar="OUT", default="static_errors.json",
+                        help="JSON output; Markdown next to it (default static_errors.json)")
+    parser.set_defaults(func=cmd_static)
+
+
+# --------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------
+
+
+def _equilibration_setting(text: str) -> str | float:
+    if text in ("auto", "none"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--equilibration {text!r}: use 'auto', 'none' or a time in ps.") \
+            from None
+    if value < 0 or not math.isfinite(value):
+        raise ValueError(f"--equilibration {text}: the time to discard must be >= 0 ps.")
+    return value
+
+
+def analysis_options(args: argparse.Namespace) -> "AnalysisOptions":
+    """AnalysisOptions from the command line, validated."""
+    from .analyze import AnalysisOptions
+
+    if args.stride < 1:
+        raise ValueError(f"--stride {args.stride}: must be 1 or more.")
+    if args.rdf_bin <= 0 or args.rdf_rmax <= args.rdf_bin:
+        raise ValueError("--rdf-bin must be > 0 and smaller than --rdf-rmax.")
+    if args.msd_fit and not 0 <= args.msd_fit[0] < args.msd_fit[1]:
+        raise ValueError(f"--msd-fit {args.msd_fit[0]} {args.msd_fit[1]}: need 0 <= START < END.")
+    return AnalysisOptions(
+        equilibration=_equilibration_setting(args.equilibration),
+        trajectory=not args.no_trajectory, stride=args.stride,
+        rdf_pairs=tuple(tuple(p) for p in args.rdf_pair) if args.rdf_pair else None,
+        rdf_r_max_nm=args.rdf_rmax, rdf_bin_width_nm=args.rdf_bin,
+        msd_selection=args.msd_selection,
+        msd_fit_ps=tuple(args.msd_fit) if args.msd_fit else None)
+
+
+def _check_verdict_options(args: argparse.Namespace) -> None:
+    if not 0.5 <= args.level < 1.0:
+        raise ValueError(f"--level {args.level}: use a confidence level such as 0.95 or 0.99.")
+    if args.rdf_factor <= 0:
+        raise ValueError(f"--rdf-factor {args.rdf_factor}: must be positive.")
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import analyze_run
+    from .atomic import write_json
+    from .tables import markdown_table, run_table
+
+    analysis = analyze_run(args.run_dir, analysis_options(args))
+    output = Path(args.output) if args.output else Path(args.run_dir) / "analysis.json"
+    write_json(output, analysis.to_dict())
+    eq = analysis.equilibration
+    print(f"{analysis.run.name} ({analysis.run.policy}, {analysis.run.ensemble}): kept data "
+          f"from {eq['t0_ps']:.4g} ps ({100 * eq['discarded_fraction']:.0f}% discarded)")
+    print(markdown_table(*run_table(analysis)))
+    for warning in analysis.warnings:
+        print(f"warning: {warning}")
+    print(f"wrote {output}")
+    return 0
+
+
+def _comparison(args: argparse.Namespace):
+    from .compare import compare_arms
+
+    _check_verdict_options(args)
+    return compare_arms(args.arms_dir, args.reference, analysis_options(args), args.level,
+                        args.rdf_factor)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .atomic import write_json, write_text
+    from .compare import criteria_text
+    from .report import headline
+    from .tables import (differences_table, markdown_table, means_table, rdf_table,
+                         speed_table, verdict_table)
+
+    comparison = _comparison(args)
+    output = Path(args.output) if args.output else Path(args.arms_dir) / "comparison.json"
+    markdown = "\n\n".join([
+        f"# Precision arms vs {comparison.reference}",
+        headline(comparison),
+        markdown_table(*verdict_table(comparison)),
+        criteria_text(comparison.level, comparison.rdf_factor, comparison.reference),
+        "## Final means per precision", markdown_table(*means_table(comparison)),
+        f"## Differences to {comparison.reference}",
+        markdown_table(*differences_table(comparison)),
+        "## RDF differences", markdown_table(*rdf_table(comparison)),
+        "## Speed", markdown_table(*speed_table(comparison)),
+    ] + (["## Warnings", "\n".join(f"- {w}" for w in comparison.warnings)]
+         if comparison.warnings else [])) + "\n"
+    write_json(output, comparison.to_dict())
+    markdown_path = write_text(output.with_suffix(".md"), markdown)
+    print(headline(comparison))
+    print(markdown_table(*verdict_table(comparison)))
+    print(f"wrote {output} and {markdown_path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import headline, write_report
+
+    comparison = _comparison(args)
+    paths = write_report(comparison, args.output)
+    print(headline(comparison))
+    print(f"wrote {paths['markdown']} and {paths['html']} "
+          f"({sum(1 for k in paths if k.startswith('figure:'))} figures)")
+    return 0
+
+
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_evaluator(model: str | None, backend: str, device: str) -> Callable:
+    """``evaluate(policy, structure_set)`` backed by ``openmm_mace_lp.evaluate``."""
+    try:
+        from openmm_mace_lp.evaluate import evaluate_frames
+    except ImportError as error:
+        raise RuntimeError(f"cannot import openmm_mace_lp.evaluate ({error}); install the "
+                           "full openmm-mace-lp package (with torch and mace-torch) to "
+                           "evaluate policies.") from error
+    device = _resolve_device(device)
+
+    def evaluate(policy: str, structures) -> tuple[Any, Any]:
+        import numpy as np
+
+        energies, forces = evaluate_frames(model, policy, backend, structures.atomic_numbers,
+                                           structures.positions_nm, structures.boxes_nm, device)
+        return np.asarray(energies, dtype=float), np.asarray(forces, dtype=float)
+
+    return evaluate
+
+
+def cmd_static(args: argparse.Namespace) -> int:
+    from .atomic import write_json, write_text
+    from .static_errors import evaluate_static_errors, static_table
+    from .structures import load_structures
+    from .tables import markdown_table
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if args.stride < 1 or (args.max_frames is not None and args.max_frames < 1):
+        raise ValueError("--stride and --max-frames must be 1 or more.")
+    if args.model and not Path(args.model).is_file():
+        raise FileNotFoundError(f"model file {args.model} not found; pass --model PATH.")
+    structures = load_structures(args.structures, args.top, args.stride, args.max_frames)
+    evaluate = load_evaluator(args.model, args.backend, args.device)
+    result = evaluate_static_errors(structures, policies, evaluate, args.reference)
+    output = Path(args.output)
+    data = result.to_dict()
+    data.update({"model": args.model, "structures": str(args.structures),
+                 "backend": args.backend,
+                 "n_structures": int(sum(s.n_frames for s in structures))})
+    table = markdown_table(*static_table(result))
+    write_json(output, data)
+    markdown_path = write_text(output.with_suffix(".md"), (
+        f"# Static errors vs {result.reference}\n\n{data['n_structures']} structures from "
+        f"{args.structures}, backend {args.backend}.\n\n{table}\n"))
+    print(table)
+    print(f"wrote {output} and {markdown_path}")
+    return 0

@@ -1,0 +1,187 @@
+"""``mace-lp simulate``, ``mace-lp arms`` and ``mace-lp run`` (the main job).
+
+Registered by the ``mace-lp`` dispatcher (openmm_mace_lp/cli.py) through :func:`register`.
+User errors are raised as ValueError/FileNotFoundError/RuntimeError with a message that
+names the problem and the fix; the dispatcher prints them without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .config import ENSEMBLES
+
+_SET_HELP = ("override a config key, e.g. --set integrator.timestep_fs=1.0 "
+             "--set platform.properties.Precision=mixed (repeatable)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_simulate(subparsers)
+    _register_arms(subparsers)
+    _register_run(subparsers)
+
+
+# ----------------------------------------------------------------------------- parsers
+
+
+def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "simulate", help="NVT, NPT or NVE MD from a TOML config, with checkpoints and --resume",
+        description="Minimise, equilibrate and run production MD with a MACE model; writes "
+                    "manifest.json, state.csv, trajectory.dcd, topology.pdb, config.toml, run.log "
+                    "and checkpoints to RUN_DIR. Without CONFIG the defaults are used (64 waters, "
+                    "embedded model); see simulations/examples/*.toml.")
+    parser.add_argument("ensemble", choices=ENSEMBLES)
+    parser.add_argument("config", nargs="?", metavar="CONFIG.toml", help="run config (TOML)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
+    parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue RUN_DIR from its last checkpoint (starts it if it has none); "
+                             "without CONFIG its own config.toml is used")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in RUN_DIR")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or log on the terminal")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the config and print it resolved; run nothing")
+    _add_max_minutes(parser)
+    parser.set_defaults(func=cmd_simulate)
+
+
+def _register_arms(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "arms", help="the same system in several precision policies x seeds (one run dir each)",
+        description="Run CONFIG once per policy and seed into ARMS_DIR/<policy>-seed<k>/, all from "
+                    "one shared minimised start (ARMS_DIR/start_state.xml) with identical starting "
+                    "velocities per seed. Arms run one after another; to use several GPUs run one "
+                    "process per card with --only and CUDA_VISIBLE_DEVICES (see "
+                    "openmm_mace_lp.simulations.arms). Compare with `mace-lp compare ARMS_DIR`.")
+    parser.add_argument("config", metavar="CONFIG.toml")
+    parser.add_argument("--policies", default="fp64,fp32,bf16,fp16", metavar="LIST",
+                        help="comma-separated policies (default fp64,fp32,bf16,fp16)")
+    parser.add_argument("--seeds", default="1", metavar="LIST", help="comma-separated seeds (default 1)")
+    parser.add_argument("-o", "--output", required=True, metavar="ARMS_DIR")
+    parser.add_argument("--only", action="append", default=[], metavar="POLICY/SEED",
+                        help="run only these arms, e.g. --only bf16/2 (repeatable)")
+    parser.add_argument("--reference-policy", default="fp64",
+                        help="policy that minimises the shared start (default fp64)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="write the shared start and stop (before launching --only processes)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
+    parser.add_argument("--resume", action="store_true", help="continue unfinished arms from their checkpoints")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or logs on the terminal")
+    _add_max_minutes(parser)
+    parser.set_defaults(func=cmd_arms)
+
+
+def _register_run(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run", help="the main job: a short NPT water run with the embedded model, then a summary",
+        description="Short NPT simulation of 64 waters (192 atoms) with the embedded default "
+                    "water model, policy fp32, on CUDA if available else the CPU (Reference "
+                    "platform); sized to finish in a couple of minutes on a 2-core CPU. Prints "
+                    "ns/day, mean temperature and density, energy drift and where the files are.")
+    parser.add_argument("-o", "--output", default=None, metavar="RUN_DIR",
+                        help="run directory (default runs/main)")
+    parser.add_argument("--model", default=None, metavar="PATH", help="MACE .model file instead of the embedded one")
+    parser.add_argument("--policy", default="fp32", help="precision policy (default fp32)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--steps", type=int, default=None, metavar="N", help="production steps")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in RUN_DIR")
+    parser.add_argument("--quiet", action="store_true", help="only the summary")
+    _add_max_minutes(parser)
+    parser.set_defaults(func=cmd_run)
+
+
+def _add_max_minutes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                        help="pause cleanly (checkpoint, status 'paused') once M minutes have passed; "
+                             "continue with --resume. For job time limits: leave a margin for the "
+                             "last checkpoint")
+
+
+def _deadline(args: argparse.Namespace) -> float | None:
+    import time
+
+    if args.max_minutes is None:
+        return None
+    if args.max_minutes <= 0:
+        raise ValueError(f"--max-minutes {args.max_minutes}: give a positive number of minutes.")
+    return time.monotonic() + 60.0 * args.max_minutes
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .config import load_config, read_run_config, resolved
+    from .run import CONFIG_FILE, simulate
+
+    stored = Path(args.output) / CONFIG_FILE
+    if args.resume and args.config is None and stored.is_file():
+        config = read_run_config(args.output, args.set)
+        if config.ensemble != args.ensemble:
+            raise ValueError(f"{args.output} is a {config.ensemble} run; resume it with "
+                             f"`mace-lp simulate {config.ensemble} --resume -o {args.output}`.")
+    else:
+        config = load_config(args.config, args.set, ensemble=args.ensemble)
+    if args.dry_run:
+        print(resolved(config).to_toml(), end="")
+        return 0
+    result = simulate(config, args.output, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite,
+                      deadline=_deadline(args))
+    _print_summary(result.run_dir, args.quiet)
+    return 0
+
+
+def cmd_arms(args: argparse.Namespace) -> int:
+    from .arms import run_arms
+    from .config import load_config
+    from .summary import summarize
+
+    config = load_config(args.config, args.set)
+    run_dirs = run_arms(config, args.output, args.policies, args.seeds, only=args.only,
+                        reference_policy=args.reference_policy, resume=args.resume, quiet=args.quiet,
+                        prepare_only=args.prepare_only, deadline=_deadline(args))
+    if args.prepare_only:
+        print(f"shared start written to {Path(args.output) / 'start_state.xml'}")
+        return 0
+    print(f"{'arm':<16} {'status':<10} {'ns/day':>10} {'T mean/K':>9} {'rho g/cm3':>10}")
+    for run_dir in run_dirs:
+        info = summarize(run_dir)
+        print(f"{info.get('arm') or run_dir.name:<16} {str(info.get('status')):<10} "
+              f"{_num(info.get('ns_per_day'), '.4g'):>10} {_num(info.get('temperature_mean_K'), '.1f'):>9} "
+              f"{_num(info.get('density_mean_g_cm3'), '.4f'):>10}")
+    print(f"compare the arms with: mace-lp compare {args.output}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .platforms import resolve_platform
+    from .presets import DEFAULT_MAIN_DIR, main_config
+    from .run import simulate
+
+    _, device = resolve_platform("auto", args.device)
+    config = main_config(device, model=args.model, policy=args.policy, production_steps=args.steps,
+                         overrides=args.set)
+    output = Path(args.output or DEFAULT_MAIN_DIR)
+    result = simulate(config, output, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite,
+                      deadline=_deadline(args))
+    _print_summary(result.run_dir, quiet=False)
+    return 0
+
+
+def _print_summary(run_dir: Path, quiet: bool) -> None:
+    from .summary import format_summary, summarize
+
+    summary = summarize(run_dir)
+    if quiet:
+        print(f"{run_dir}: {summary.get('status')}")
+    else:
+        print(format_summary(summary))
+    if summary.get("status") == "paused":
+        print(f"paused at a checkpoint (time limit); continue with --resume -o {run_dir}")
+
+
+def _num(value, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
