@@ -33,7 +33,12 @@ def test_exported_file_runs_in_plain_openmm_torch(tmp_path, tmp_path_factory):
     meta = read_metadata(output)
     assert meta["policy"] == "fp64" and meta["periodic"] and meta["atomic_numbers"] == system.atomic_numbers
 
-    import openmmtorch  # plain openmm-torch, as a user without this package would do
+    # Plain openmm-torch, as a user without this package would use it. (A fresh script imports
+    # torch before openmm; in this test process openmm came first, so let the plug-in reload
+    # openmm-torch's kernels, which is all import_openmmtorch adds.)
+    from openmm_mace_lp.potential import import_openmmtorch
+
+    openmmtorch = import_openmmtorch()
 
     omm = openmm.System()
     for atom in system.topology.atoms():
