@@ -15,11 +15,13 @@ def evaluate_frames(
     positions_nm: np.ndarray,
     boxes_nm: Optional[np.ndarray],
     device: str = "cpu",
+    energy_type: str = "interaction_energy",
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Energies (kJ/mol) [n_frames] and forces (kJ/mol/nm) [n_frames, n_atoms, 3] of a policy.
 
     The same TorchScript module OpenMM would run is built once (or taken from the export
     cache) and called frame by frame; ``model_path=None`` means the embedded default model.
+    ``energy_type='energy'`` includes the atomic reference energies (E0s).
     """
     import torch
 
@@ -33,7 +35,8 @@ def evaluate_frames(
             f"positions must have shape (n_frames, {len(atomic_numbers)}, 3); got {positions_nm.shape}."
         )
     periodic = boxes_nm is not None
-    module_file = export_to_file(path, policy, backend, list(atomic_numbers), periodic=periodic, device=device)
+    module_file = export_to_file(path, policy, backend, list(atomic_numbers), periodic=periodic, device=device,
+                                 energy_type=energy_type)
     module = torch.jit.load(os.fspath(module_file), map_location=device)
     energies = np.empty(len(positions_nm))
     forces = np.empty_like(positions_nm)

@@ -28,8 +28,9 @@ def test_mace_accepts_the_command_and_architecture(tmp_path):
     assert a.seed == T.SEED and a.default_dtype == "float64"
     # nothing that downloads: no foundation model, no wandb
     assert a.foundation_model is None and not a.wandb
-    for f in (a.train_file, a.valid_file, a.test_file):
-        assert Path(f).name.startswith(T.PREFIX) and f.endswith(".extxyz.xz")
+    for f in (a.train_file, a.valid_file, a.test_file):  # decompressed copies in the work dir
+        assert Path(f).name.startswith(T.PREFIX) and f.endswith(".extxyz")
+        assert Path(f).parent == tmp_path / "data"
 
 
 def test_print_command_and_overrides(capsys):
@@ -37,7 +38,7 @@ def test_print_command_and_overrides(capsys):
             "--set", "enable_cueq=true"])
     out = capsys.readouterr().out
     assert "mace.cli.run_train" in out
-    assert "--max_num_epochs=8" in out and "--start_stage_two=6" in out
+    assert "--max_num_epochs=8" in out and "--start_stage_two=4" in out
     assert "--batch_size=4" in out and "--enable_cueq=True" in out
 
 

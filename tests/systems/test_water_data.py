@@ -84,9 +84,7 @@ def test_cluster_cut_keeps_molecules_whole_and_strain_is_rigid():
 
 @pytest.fixture(scope="module")
 def data():
-    import ase.io
-
-    return {s: ase.io.read(str(PATHS[s]), index=":") for s in SPLITS}
+    return {s: W.read_frames(PATHS[s]) for s in SPLITS}
 
 
 @needs_data
