@@ -258,6 +258,15 @@ def load_evaluator(model: str | None, backend: str, device: str) -> Callable:
     return evaluate
 
 
+def _card_name(device: str) -> str:
+    """What ran the numbers: the GPU's name, or the CPU with its emulated low precision."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    return "CPU (bf16/fp16/TF32 arithmetic emulated exactly, up to summation order)"
+
+
 def cmd_static(args: argparse.Namespace) -> int:
     from .atomic import write_json, write_text
     from .static_errors import evaluate_static_errors, static_table
@@ -274,14 +283,15 @@ def cmd_static(args: argparse.Namespace) -> int:
     result = evaluate_static_errors(structures, policies, evaluate, args.reference)
     output = Path(args.output)
     data = result.to_dict()
+    card = _card_name(_resolve_device(args.device))
     data.update({"model": args.model, "structures": str(args.structures),
-                 "backend": args.backend,
+                 "backend": args.backend, "card": card,
                  "n_structures": int(sum(s.n_frames for s in structures))})
     table = markdown_table(*static_table(result))
     write_json(output, data)
     markdown_path = write_text(output.with_suffix(".md"), (
         f"# Static errors vs {result.reference}\n\n{data['n_structures']} structures from "
-        f"{args.structures}, backend {args.backend}.\n\n{table}\n"))
+        f"{args.structures}, backend {args.backend}, on {card}.\n\n{table}\n"))
     print(table)
     print(f"wrote {output} and {markdown_path}")
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 XYZ_SUFFIXES = (".xyz", ".extxyz")
+COMPRESSED_SUFFIXES = (".xz", ".gz")
 ANGSTROM = 0.1  # nm
 
 
@@ -34,11 +35,11 @@ def _select(n: int, stride: int, max_frames: int | None) -> np.ndarray:
 
 
 def read_xyz(path: Path, stride: int = 1, max_frames: int | None = None) -> list[StructureSet]:
-    """Extended XYZ (ASE): Å -> nm; fully periodic frames keep their cell."""
-    from ase.io import read
+    """Extended XYZ (ASE; may be .xz/.gz compressed): Å -> nm; periodic frames keep their cell."""
+    from openmm_mace_lp.systems.extxyz import read_frames
 
     try:
-        atoms_list = read(str(path), index=":")
+        atoms_list = read_frames(path)
     except Exception as error:  # ASE raises many types for malformed files
         raise ValueError(f"could not read {path} as (extended) XYZ: {error}") from error
     if not isinstance(atoms_list, list):
@@ -91,7 +92,10 @@ def load_structures(path: str | Path, topology: str | Path | None = None, stride
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"structure file {path} not found.")
-    sets = (read_xyz(path, stride, max_frames) if path.suffix.lower() in XYZ_SUFFIXES
+    suffixes = [s.lower() for s in path.suffixes[-2:]]
+    is_xyz = suffixes[-1] in XYZ_SUFFIXES or (
+        suffixes[-1] in COMPRESSED_SUFFIXES and len(suffixes) == 2 and suffixes[0] in XYZ_SUFFIXES)
+    sets = (read_xyz(path, stride, max_frames) if is_xyz
             else read_trajectory(path, topology, stride, max_frames))
     if not sets or sum(s.n_frames for s in sets) == 0:
         raise ValueError(f"{path} holds no frames (after stride/max-frames).")

@@ -228,7 +228,7 @@ def evaluate(model_path: Path, test_file: Path, device: str = "cpu", max_frames:
     import mace  # noqa: F401  (must precede e3nn)
     from mace.calculators import MACECalculator
 
-    from openmm_mace_lp.systems.recipes.water_data import read_frames
+    from openmm_mace_lp.systems.extxyz import read_frames
 
     calc = MACECalculator(model_paths=str(model_path), device=device, default_dtype="float64")
     frames = [a for a in read_frames(test_file) if a.info.get("config_type") != "IsolatedAtom"]
@@ -415,7 +415,7 @@ def _write_smoke_subsets(src: Path, dst: Path, n_train: int = 24, n_other: int =
     """Small subsets of the real splits (isolated atoms kept in train)."""
     import ase.io
 
-    from openmm_mace_lp.systems.recipes.water_data import read_frames
+    from openmm_mace_lp.systems.extxyz import read_frames
 
     dst.mkdir(parents=True, exist_ok=True)
     for part, n in (("train", n_train), ("valid", n_other), ("test", n_other)):

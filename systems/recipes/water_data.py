@@ -136,7 +136,7 @@ def trajectories(s: Settings) -> list[dict]:
 # ----------------------------------------------------------------------------- extxyz I/O
 # A small writer so that the precision (and hence the file size) is under control; the
 # files are standard extended XYZ (ase.io.read reads them, including from .xz, but see
-# read_frames for the fast way to read the compressed ones).
+# openmm_mace_lp.systems.extxyz.read_frames for the fast way to read the compressed ones).
 
 
 def _fmt_value(v) -> str:
@@ -201,29 +201,6 @@ def _frame_id(block: str) -> str:
         if tok.startswith("frame_id="):
             return tok.split("=", 1)[1]
     raise ValueError("frame without frame_id")
-
-
-def read_frames(path) -> list:
-    """All frames of an (optionally .xz/.gz) extxyz file as ase.Atoms, fast.
-
-    ``ase.io.read(path_to_xz, index=":")`` works but is quadratic in the file size: its
-    extxyz reader seeks back one line after every frame, and a backwards seek in a
-    compressed stream restarts decompression from the top (minutes for the train file).
-    Decompressing into memory first takes well under a second."""
-    import ase.io
-
-    path = Path(path)
-    if path.suffix == ".xz":
-        with lzma.open(path, "rt") as fh:
-            text = fh.read()
-    elif path.suffix == ".gz":
-        import gzip
-
-        with gzip.open(path, "rt") as fh:
-            text = fh.read()
-    else:
-        text = path.read_text()
-    return ase.io.read(io.StringIO(text), index=":", format="extxyz")
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -12,7 +12,7 @@ import pytest
 from openmm_mace_lp.evaluate import evaluate_frames
 from openmm_mace_lp.export import ANGSTROM_PER_NM, EV_TO_KJ_PER_MOL
 from openmm_mace_lp.model_files import default_model_path, load_mace_model
-from openmm_mace_lp.systems.recipes.water_data import read_frames
+from openmm_mace_lp.systems.extxyz import read_frames
 
 MODELS = Path(default_model_path()).parent
 CARD = (MODELS / "mace-water-gfn2.md").read_text()

@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 
+from openmm_mace_lp.systems.extxyz import read_frames
+
 from openmm_mace_lp.systems.recipes import water_data as W
 
 SPLITS = ("train", "valid", "test")
@@ -84,7 +86,7 @@ def test_cluster_cut_keeps_molecules_whole_and_strain_is_rigid():
 
 @pytest.fixture(scope="module")
 def data():
-    return {s: W.read_frames(PATHS[s]) for s in SPLITS}
+    return {s: read_frames(PATHS[s]) for s in SPLITS}
 
 
 @needs_data
