@@ -83,3 +83,18 @@ def test_arm_selection_parsing():
         parse_seeds("1,x")
     with pytest.raises(ValueError, match="--seeds"):
         parse_seeds("0")
+
+
+def test_report_runs_on_recipe_arms(tmp_path, tiny_model):
+    """The analysis report, end to end, on run directories the recipes wrote (not synthetic)."""
+    from openmm_mace_lp.cli import main
+
+    root = tmp_path / "arms"
+    config = tiny_config(tiny_model, "npt", run__equilibration_steps=0, run__production_steps=20)
+    run_arms(config, root, ["fp64", "bf16"], [1], quiet=True)
+    out = tmp_path / "report"
+    assert main(["report", str(root), "-o", str(out)]) == 0
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
+    text = (out / "report.md").read_text()
+    assert "bf16" in text and "fp64" in text
+    assert list((out / "figures").glob("*.png"))
