@@ -79,7 +79,8 @@ def check_cpu_torch(platform_name: Optional[str], version: Optional[tuple] = Non
             f"torch {found}: its CPU kernels fail with 'set_stride is not allowed on a Tensor "
             f"created from .data or .detach()' for torch >= 2.10 (openmm-torch issue #175). "
             f"Install torch 2.9.1 for CPU runs (pip install -c constraints/cpu.txt -e '.[cpu]'), "
-            f"or use the CUDA platform."
+            f"or use the CUDA platform (device='cuda', or platform='CUDA' if a CPU-built module "
+            f"will run there)."
         )
 
 
@@ -129,7 +130,8 @@ class MACELPPotentialImpl(MLPotentialImpl):
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         check_cuda(device)
-        check_cpu_torch(platform)
+        # A module on the CPU runs on OpenMM's CPU or Reference platform, whatever is named.
+        check_cpu_torch(platform or ("CPU" if device == "cpu" else None))
         all_atoms = list(topology.atoms())
         if any(atom.element is None for atom in all_atoms):
             raise ValueError("Every atom needs an element for MACE; the topology has atoms without one.")

@@ -167,10 +167,7 @@ def load_config(path: os.PathLike | None = None, overrides: Iterable[str] = (),
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist; pass an existing TOML "
                                     "file or leave it out to use the defaults.")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as error:
-            raise ValueError(f"{path} is not valid TOML: {error}.") from None
+        data = _read_toml(path)
         _resolve_relative_paths(data, path.parent)
         source = str(path)
     if ensemble is not None:
@@ -503,16 +500,20 @@ def check_resume_changes(stored: SimulationConfig, requested: SimulationConfig) 
     return changed
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path} is not valid TOML: {error}.") from None
+
+
 def read_run_config(run_dir: os.PathLike, overrides: Iterable[str] = ()) -> SimulationConfig:
     """The resolved config stored in a run directory (with ``--set`` overrides, validated)."""
     path = Path(run_dir) / "config.toml"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {run_dir} is not a run directory of these "
                                 "recipes (or was never started).")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"{path} is not valid TOML: {error}.") from None
+    data = _read_toml(path)
     config = config_from_dict(apply_overrides(data, overrides), str(path))
     validate(config)
     return config

@@ -117,3 +117,16 @@ def test_offline_download_names_model_path(tmp_path):
     with pytest.raises(RuntimeError, match=r"Cannot download model 'test-lp'.*modelPath='/path/to/x.model'"):
         download_known_model(known, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cpu_device_with_new_torch_is_refused_before_any_export(tmp_path_factory, monkeypatch):
+    import openmm_mace_lp.potential as potential_module
+
+    monkeypatch.setattr(potential_module, "torch_version_tuple", lambda: (2, 11))
+    path = str(model_file(tmp_path_factory.getbasetemp()))
+    exports = Path(os.environ["OPENMM_MACE_LP_CACHE"]) / "exports"
+    before = set(exports.glob("*")) if exports.exists() else set()
+    with pytest.raises(RuntimeError, match="issue #175"):
+        MLPotential("mace-lp", modelPath=path).createSystem(water_box(1).topology, device="cpu")
+    after = set(exports.glob("*")) if exports.exists() else set()
+    assert after == before
