@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -185,12 +186,13 @@ def build_force_module(
     return script_module(force.to(device))
 
 
-def _atomic_write_module(module: torch.jit.ScriptModule, path: Path, metadata: dict) -> None:
+def _atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, fsync, then rename: all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     os.close(fd)
     try:
-        torch.jit.save(module, tmp, _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)})
+        write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -218,9 +220,11 @@ def export_to_file(
     periodic: bool,
     device: str | torch.device = "cpu",
     energy_type: str = "interaction_energy",
-    use_cache: bool = True,
 ) -> Path:
-    """Export (or reuse from the cache) the TorchScript file for this model, policy and system."""
+    """The TorchScript file for this model, policy and system: from the cache, or built into it.
+
+    With ``output`` the cached file is also copied there (atomically) for the user to keep.
+    """
     from .model_files import cache_dir, load_mace_model, sha256_of
 
     get_policy(policy_name)
@@ -239,16 +243,15 @@ def export_to_file(
         versions=library_versions(),
     )
     cached = cache_dir() / "exports" / f"{spec.key()}.pt"
-    if use_cache and cached.is_file() and output is None:
+    if not cached.is_file():
+        model = load_mace_model(model_path)
+        module = build_force_module(
+            model, policy_name, resolved_backend, atomic_numbers, atom_indices=atom_indices,
+            num_atoms_total=num_atoms_total, periodic=periodic, device=device, energy_type=energy_type,
+        )
+        metadata = {**asdict(spec), "model_path": os.fspath(model_path), "cutoff_angstrom": float(model.r_max)}
+        _atomic_write(cached, lambda tmp: torch.jit.save(module, tmp, _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)}))
+    if output is None:
         return cached
-    model = load_mace_model(model_path)
-    module = build_force_module(
-        model, policy_name, resolved_backend, atomic_numbers, atom_indices=atom_indices,
-        num_atoms_total=num_atoms_total, periodic=periodic, device=device, energy_type=energy_type,
-    )
-    metadata = {**asdict(spec), "model_path": os.fspath(model_path), "cutoff_angstrom": float(model.r_max)}
-    target = Path(output) if output is not None else cached
-    _atomic_write_module(module, target, metadata)
-    if output is not None and use_cache:
-        _atomic_write_module(module, cached, metadata)
-    return target
+    _atomic_write(Path(output), lambda tmp: shutil.copyfile(cached, tmp))
+    return Path(output)
