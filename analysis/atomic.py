@@ -1,43 +1,20 @@
-"""Write output files atomically, so that a crash never leaves a half-written file.
-
-Each writer writes a temporary file in the destination directory and then
-``os.replace``-s it over the target (atomic on POSIX within one file system).
-"""
+"""Report outputs (text, strict JSON, figures), written through the package's atomic writes."""
 from __future__ import annotations
 
 import json
 import math
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` only on success."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix,
-                               dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from openmm_mace_lp.atomic import atomic_path, atomic_write_text
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
+    return atomic_write_text(path, text)
 
 
 def to_jsonable(value: Any) -> Any:

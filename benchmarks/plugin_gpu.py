@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -188,12 +187,11 @@ def main(argv=None) -> int:
 
 
 def write_report(report: dict, out: Path) -> str:
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from openmm_mace_lp.atomic import atomic_write_text
+
     table = markdown_table(report)
-    for path, text in ((out, json.dumps(report, indent=1)), (out.with_suffix(".md"), table)):
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    atomic_write_text(out, json.dumps(report, indent=1))
+    atomic_write_text(out.with_suffix(".md"), table)
     return table
 
 

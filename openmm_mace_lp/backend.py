@@ -47,7 +47,8 @@ def resolve_backend(name: str, device: torch.device) -> str:
 
 
 @contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Temporarily make ``dtype`` torch's default (mace builds modules in the default dtype)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -82,7 +83,7 @@ def convert_to_cueq(model: torch.nn.Module) -> torch.nn.Module:
     if is_cueq_model(model):
         return model
     dtype = next(model.parameters()).dtype
-    with _default_dtype(dtype):
+    with default_dtype(dtype):
         converted = mace_convert_to_cueq(copy.deepcopy(model).cpu(), device="cpu", layout="ir_mul")
     return converted.to(dtype)
 

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -20,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import __version__
+from .atomic import atomic_path
 from .backend import convert_to_cueq, make_scriptable, model_layout, resolve_backend
 from .linears import apply_policy_layers
 from .neighbors import neighbor_list
@@ -186,21 +186,6 @@ def build_force_module(
     return script_module(force.to(device))
 
 
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, fsync, then rename: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def read_metadata(path: os.PathLike) -> dict:
     """The export record stored inside a module file written by this package."""
     extra = {METADATA_FILE: ""}
@@ -250,8 +235,10 @@ def export_to_file(
             num_atoms_total=num_atoms_total, periodic=periodic, device=device, energy_type=energy_type,
         )
         metadata = {**asdict(spec), "model_path": os.fspath(model_path), "cutoff_angstrom": float(model.r_max)}
-        _atomic_write(cached, lambda tmp: torch.jit.save(module, tmp, _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)}))
+        with atomic_path(cached) as tmp:
+            torch.jit.save(module, os.fspath(tmp), _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)})
     if output is None:
         return cached
-    _atomic_write(Path(output), lambda tmp: shutil.copyfile(cached, tmp))
+    with atomic_path(output) as tmp:
+        shutil.copyfile(cached, tmp)
     return Path(output)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+from .atomic import atomic_path
 
 _OFF23 = "https://github.com/ACEsuit/mace-off/raw/main/mace_off23"
 _OFF24 = "https://github.com/ACEsuit/mace-off/raw/v0.2/mace_off24"
@@ -98,24 +99,18 @@ def download_known_model(model: KnownModel, directory: Optional[Path] = None) ->
         f"MLPotential('{LOCAL_MODEL_NAME}', modelPath='/path/to/{model.filename}'), "
         f"or copy it to {target}."
     )
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{model.filename}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as tmp, urllib.request.urlopen(model.url, timeout=60) as remote:
-            shutil.copyfileobj(remote, tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        digest = sha256_of(tmp_name)
-        if digest != model.sha256:
-            raise RuntimeError(
-                f"Downloaded {model.url} has SHA-256 {digest}, expected {model.sha256}; the file "
-                f"was discarded. {offline_hint}"
-            )
-        os.replace(tmp_name, target)
+        with atomic_path(target) as tmp:
+            with open(tmp, "wb") as local, urllib.request.urlopen(model.url, timeout=60) as remote:
+                shutil.copyfileobj(remote, local)
+            digest = sha256_of(tmp)
+            if digest != model.sha256:  # raised inside: the download is discarded
+                raise RuntimeError(
+                    f"Downloaded {model.url} has SHA-256 {digest}, expected {model.sha256}; the file "
+                    f"was discarded. {offline_hint}"
+                )
     except (urllib.error.URLError, OSError) as error:
         raise RuntimeError(f"Cannot download model {model.name!r} ({error}). {offline_hint}") from None
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
     return target
 
 

@@ -29,7 +29,7 @@ from typing import Iterator, Sequence
 
 from .config import (SimulationConfig, config_from_dict, differences, is_resumable_change, resolved,
                      validate)
-from .files import atomic_write_json, atomic_write_text
+from openmm_mace_lp.atomic import atomic_write_json, atomic_write_text
 from .manifest import read_manifest
 
 logger = logging.getLogger("openmm_mace_lp.simulations")

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from .files import atomic_write_bytes, atomic_write_json
+from openmm_mace_lp.atomic import atomic_write_bytes, atomic_write_json
 from .reporters import truncate_dcd, truncate_file
 
 logger = logging.getLogger("openmm_mace_lp.simulations")

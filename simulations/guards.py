@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_text
+from openmm_mace_lp.atomic import atomic_write_text
 from .reporters import Thermo
 
 

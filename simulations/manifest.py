@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SimulationConfig
-from .files import atomic_write_json
+from openmm_mace_lp.atomic import atomic_write_json
 
 SCHEMA = "openmm-mace-lp/run/1"
 MANIFEST = "manifest.json"

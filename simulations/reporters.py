@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
-from .files import sync_handle
+from openmm_mace_lp.atomic import sync_handle
 
 STATE_COLUMNS = (
     "step", "time_ps", "potential_energy_kJ_mol", "kinetic_energy_kJ_mol", "total_energy_kJ_mol",

@@ -37,7 +37,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .config import SimulationConfig, check_resume_changes, read_run_config, resolved, validate
-from .files import atomic_write_text
+from openmm_mace_lp.atomic import atomic_write_text
 from .guards import GuardError, GuardLimits, find_problem, guard_failure, Guard
 from .manifest import new_manifest, read_manifest, write_manifest
 from .openmm_setup import (LANGEVIN, VERLET, create_simulation, create_system, degrees_of_freedom,

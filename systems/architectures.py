@@ -7,9 +7,8 @@ weights are ever committed.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -46,18 +45,6 @@ TINY = Architecture(hidden_irreps="8x0e+8x1o", r_max=4.0, radial_mlp=(16, 16, 16
                     mlp_irreps="8x0e", elements=(1, 6, 7, 8), avg_num_neighbors=8.0)
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype) -> Iterator[None]:
-    import torch
-
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def build_mace(arch: Architecture = MACE_OFF24_MEDIUM, seed: int = 0, dtype: str = "float64"):
     """A ScaleShiftMACE with the given architecture and seeded random weights.
 
@@ -70,9 +57,11 @@ def build_mace(arch: Architecture = MACE_OFF24_MEDIUM, seed: int = 0, dtype: str
     from e3nn import o3
     from mace import modules
 
+    from openmm_mace_lp.backend import default_dtype
+
     torch_dtype = getattr(torch, dtype)
     interaction = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
-    with _default_dtype(torch_dtype), torch.random.fork_rng(devices=[]):
+    with default_dtype(torch_dtype), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = modules.ScaleShiftMACE(
             r_max=arch.r_max,
@@ -104,18 +93,9 @@ def build_mace(arch: Architecture = MACE_OFF24_MEDIUM, seed: int = 0, dtype: str
 
 def save_model(model, path) -> None:
     """Save like mace does (the whole module pickled), atomically."""
-    import os
-    import tempfile
-
     import torch
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    try:
+    from openmm_mace_lp.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
         torch.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -24,7 +24,6 @@ production MD.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
@@ -303,12 +302,6 @@ def water_box(
     return Structure(top, xyz / 10.0, box)
 
 
-def _cache_dir() -> Path:
-    d = os.environ.get("OPENMM_MACE_LP_CACHE")
-    base = Path(d) if d else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "openmm_mace_lp"
-    return base / "structures"
-
-
 def water_topology(n_molecules: int, box_nm: Optional[np.ndarray] = None):
     top = _molecule_topology(["O", "H", "H"], [(0, 1), (0, 2)], n_molecules, "HOH",
                              atom_names=["O", "H1", "H2"])
@@ -323,7 +316,7 @@ def load_water_box(n_atoms_approx: int, seed: int = 0, cache: bool = True) -> St
     The committed boxes (``systems/structures/water_{64,343,1000}.pdb``: 192, 1029 and 3000
     atoms) are read when the request is within 10 % of them (seed 0 only); any other size is
     built with :func:`water_box` (``n = round(n_atoms_approx / 3)`` molecules) and cached as
-    ``.npz`` under ``$OPENMM_MACE_LP_CACHE/structures`` (default ``~/.cache/openmm_mace_lp``),
+    ``.npz`` under ``$OPENMM_MACE_LP_CACHE/structures`` (default ``~/.cache/openmm-mace-lp``, the package's cache),
     e.g. 10000 atoms -> 3333 waters, 30000 atoms -> 10000 waters."""
     from openmm.app import PDBFile
 
@@ -336,16 +329,18 @@ def load_water_box(n_atoms_approx: int, seed: int = 0, cache: bool = True) -> St
                 return Structure(pdb.topology, pos, box)
     n = max(1, int(round(n_atoms_approx / 3)))
     key = hashlib.sha1(f"water_box-v1-{n}-1.0-{seed}".encode()).hexdigest()[:10]
-    path = _cache_dir() / f"water_{n}_seed{seed}_{key}.npz"
+    from openmm_mace_lp.model_files import cache_dir
+
+    path = cache_dir() / "structures" / f"water_{n}_seed{seed}_{key}.npz"
     if cache and path.exists():
         data = np.load(path)
         return Structure(water_topology(n, data["box"]), data["positions"], data["box"])
     s = water_box(n, 1.0, seed=seed)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, positions=s.positions, box=s.box)
-        os.replace(tmp, path)
+        from openmm_mace_lp.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            np.savez(tmp, positions=s.positions, box=s.box)
     return s
 
 

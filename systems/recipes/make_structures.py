@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 
+from openmm_mace_lp.atomic import atomic_write_text
 from openmm_mace_lp.systems import builders as B
 
 OUT = Path(__file__).resolve().parent.parent / "structures"
@@ -51,9 +51,7 @@ def _pdb_text(structure: B.Structure, remarks: list[str]) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 

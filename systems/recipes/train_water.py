@@ -84,6 +84,8 @@ from pathlib import Path
 
 import numpy as np
 
+from openmm_mace_lp.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 SYSTEMS = HERE.parent
 DATA_DIR = SYSTEMS / "data"
@@ -206,10 +208,7 @@ def decompress_data(data_dir: Path, work_dir: Path) -> None:
         src = data_dir / f"{PREFIX}_{part}.extxyz.xz"
         with lzma.open(src, "rb") as fh:
             data = fh.read()
-        dst = out / f"{PREFIX}_{part}.extxyz"
-        tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, dst)
+        atomic_write_bytes(out / f"{PREFIX}_{part}.extxyz", data)
 
 
 def mace_command(data_dir: Path, work_dir: Path, device: str, hp: dict) -> list[str]:
@@ -268,20 +267,6 @@ def evaluate(model_path: Path, test_file: Path, device: str = "cpu", max_frames:
                 overall=summary(list(per_ct.values())),
                 without_displaced_frames=summary(near_eq) if near_eq else None,
                 by_config_type={k: summary([v]) for k, v in sorted(per_ct.items())})
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def _atomic_text(dst: Path, text: str) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, dst)
 
 
 def model_card(hp: dict, errors: dict, manifest: dict | None, command: list[str], train_seconds: float,
@@ -395,15 +380,16 @@ def main(argv=None) -> int:
     candidates = [a.work_dir / f"{MODEL_NAME}_stagetwo.model", a.work_dir / f"{MODEL_NAME}.model"]
     final = next(c for c in candidates if c.exists())
     out_model = models_dir / f"{MODEL_NAME}.model"
-    _atomic_copy(final, out_model)
+    with atomic_path(out_model) as tmp:
+        shutil.copyfile(final, tmp)
     errors = evaluate(out_model, data_dir / f"{PREFIX}_test.extxyz.xz", device=device)
     errors.update(train_seconds=train_seconds, device=device,
                   device_name=torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
                   hyperparameters=hp, command=cmd, source_model=final.name)
-    _atomic_text(models_dir / f"{MODEL_NAME}.test_errors.json", json.dumps(errors, indent=1))
+    atomic_write_text(models_dir / f"{MODEL_NAME}.test_errors.json", json.dumps(errors, indent=1))
     mpath = data_dir / f"{PREFIX}_manifest.json"
     manifest = json.loads(mpath.read_text()) if mpath.exists() else None
-    _atomic_text(models_dir / f"{MODEL_NAME}.md",
+    atomic_write_text(models_dir / f"{MODEL_NAME}.md",
                  model_card(hp, errors, manifest, cmd, train_seconds, errors["device_name"]))
     o = errors["overall"]
     print(f"test: force RMSE {o['force_rmse_meV_per_A']:.1f} meV/A, energy RMSE "

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from openmm_mace_lp.analysis import rundir
-from openmm_mace_lp.analysis.atomic import atomic_path, write_json
+from openmm_mace_lp.analysis.atomic import write_json
+from openmm_mace_lp.atomic import atomic_path
 from synthetic_runs import make_run_dir
 
 
