@@ -15,6 +15,7 @@ _COMMAND_MODULES = (
     "openmm_mace_lp.commands",  # policies, export, run
     "openmm_mace_lp.simulations.cli",  # simulate, arms
     "openmm_mace_lp.analysis.cli",  # analyze, compare, report, static
+    "openmm_mace_lp.bench",  # bench
 )
 
 

@@ -22,7 +22,7 @@ from . import __version__
 from .atomic import atomic_path
 from .backend import convert_to_cueq, make_scriptable, model_layout, resolve_backend
 from .linears import apply_policy_layers
-from .neighbors import neighbor_list
+from .neighbors import NeighborCapacity, neighbor_list, padded_neighbor_list
 from .policy import Policy, get_policy
 
 # CODATA 2018: N_A * e / 1000.
@@ -33,10 +33,17 @@ METADATA_FILE = "openmm_mace_lp.json"
 
 
 class MACEForce(torch.nn.Module):
-    """positions [N, 3] nm (and box [3, 3] nm) -> (energy kJ/mol, forces [N, 3] kJ/mol/nm)."""
+    """positions [N, 3] nm (and box [3, 3] nm) -> (energy kJ/mol, forces [N, 3] kJ/mol/nm).
+
+    With a ``capacity`` the neighbour list has fixed shapes and the call never waits for the
+    device, so openmm-torch can capture it in a CUDA graph; if a capacity is exceeded the energy
+    and forces are NaN (never silently wrong), and ``neighbor_stats`` tells by how much. Such a
+    module returns the same two output tensors from every call (see ``static_outputs``).
+    """
 
     def __init__(self, model: torch.nn.Module, node_attrs: torch.Tensor, atom_indices: Optional[torch.Tensor],
-                 num_atoms_total: int, periodic: bool, dtype: torch.dtype, energy_type: str) -> None:
+                 num_atoms_total: int, periodic: bool, dtype: torch.dtype, energy_type: str,
+                 capacity: Optional[NeighborCapacity] = None) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("node_attrs", node_attrs.to(dtype))
@@ -54,8 +61,23 @@ class MACEForce(torch.nn.Module):
         # TorchScript cannot read module-level constants: keep the unit factors as attributes.
         self.angstrom_per_nm = ANGSTROM_PER_NM
         self.kj_per_ev = EV_TO_KJ_PER_MOL
+        self.padded = capacity is not None
+        fixed = capacity if capacity is not None else NeighborCapacity((), (), 0, 0)
+        self.grid: List[int] = list(fixed.grid) if fixed.grid else [1, 1, 1]
+        self.register_buffer("stencil", fixed.stencil())
+        self.cell_capacity = fixed.cell_capacity
+        self.edge_capacity = fixed.edge_capacity
+        self.chunk_atoms = fixed.chunk_atoms()
+        # Static outputs for CUDA graphs. openmm-torch 1.5 captures one graph per includeForces
+        # value and keeps the output tensors of the *last captured* graph: once a graph without
+        # forces (getState(getEnergy=True) alone) has been captured, replays of the force graph
+        # would hand OpenMM stale forces. Writing both graphs' results into these same buffers
+        # makes whichever tensor openmm-torch holds the current one. Each call overwrites them.
+        self.static_outputs = capacity is not None
+        self.register_buffer("energy_out", torch.zeros((), dtype=dtype))
+        self.register_buffer("forces_out", torch.zeros((num_atoms_total, 3), dtype=dtype))
 
-    def forward(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _inputs(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         pos = positions.to(self.dtype) * self.angstrom_per_nm
         if self.use_subset:
             pos = pos[self.atom_indices]
@@ -64,7 +86,32 @@ class MACEForce(torch.nn.Module):
             if boxvectors is None:
                 raise RuntimeError("this MACE force is periodic: box vectors are required")
             cell = boxvectors.to(self.dtype) * self.angstrom_per_nm
-        edge_index, shifts = neighbor_list(pos, cell, self.cutoff)
+        return pos, cell
+
+    @torch.jit.export
+    def neighbor_stats(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[edges needed, edge capacity, atoms in the fullest cell, cell capacity, grid valid]."""
+        pos, cell = self._inputs(positions, boxvectors)
+        if not self.padded:
+            edges, _ = neighbor_list(pos, cell, self.cutoff)
+            return torch.tensor([edges.shape[1], edges.shape[1], 0, 0, 1])
+        _, _, stats = padded_neighbor_list(pos, cell, self.cutoff, self.grid, self.stencil, self.cell_capacity,
+                                           self.edge_capacity, self.chunk_atoms)
+        limits = torch.tensor([self.edge_capacity, self.cell_capacity], device=stats.device)
+        return torch.stack([stats[0], limits[0], stats[1], limits[1], stats[2]]).cpu()
+
+    def forward(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        pos, cell = self._inputs(positions, boxvectors)
+        overflow = torch.zeros((), dtype=torch.bool, device=pos.device)
+        if self.padded:
+            edge_index, shifts, stats = padded_neighbor_list(
+                pos, cell, self.cutoff, self.grid, self.stencil, self.cell_capacity, self.edge_capacity,
+                self.chunk_atoms)
+            overflow = (stats[0] > self.edge_capacity) | (stats[2] == 0)
+            if self.periodic:
+                overflow = overflow | (stats[1] > self.cell_capacity)
+        else:
+            edge_index, shifts = neighbor_list(pos, cell, self.cutoff)
         data: Dict[str, torch.Tensor] = {
             "positions": pos,
             "node_attrs": self.node_attrs,
@@ -79,11 +126,18 @@ class MACEForce(torch.nn.Module):
         energy = out[self.energy_type]
         forces = out["forces"]
         assert energy is not None and forces is not None
-        energy = energy.detach().sum() * self.kj_per_ev
-        forces = forces.detach() * (self.kj_per_ev * self.angstrom_per_nm)
+        # A capacity overflow makes both outputs NaN: the step is poisoned, never silently wrong.
+        poison = torch.where(overflow, torch.full_like(overflow, float("nan"), dtype=forces.dtype),
+                             torch.zeros_like(overflow, dtype=forces.dtype))
+        energy = energy.detach().sum() * self.kj_per_ev + poison
+        forces = forces.detach() * (self.kj_per_ev * self.angstrom_per_nm) + poison
         if self.use_subset:
             full = torch.zeros((self.num_atoms_total, 3), dtype=forces.dtype, device=forces.device)
             forces = full.index_copy(0, self.atom_indices, forces)
+        if self.static_outputs:
+            self.energy_out.copy_(energy)
+            self.forces_out.copy_(forces)
+            return self.energy_out, self.forces_out
         return energy, forces
 
 
@@ -100,6 +154,7 @@ class ExportSpec:
     periodic: bool
     energy_type: str
     device: str
+    neighbor_capacity: Optional[Dict[str, object]] = None
     versions: Dict[str, str] = field(default_factory=dict)
 
     def key(self) -> str:
@@ -168,6 +223,7 @@ def build_force_module(
     periodic: bool,
     device: str | torch.device = "cpu",
     energy_type: str = "interaction_energy",
+    capacity: Optional[NeighborCapacity] = None,
 ) -> torch.jit.ScriptModule:
     """The scripted MACEForce for these atoms, on ``device``."""
     policy = get_policy(policy_name)
@@ -182,7 +238,7 @@ def build_force_module(
     )
     indices = None if atom_indices is None else torch.tensor(list(atom_indices), dtype=torch.long)
     total = len(atomic_numbers) if num_atoms_total is None else num_atoms_total
-    force = MACEForce(prepared, node_attrs, indices, total, periodic, policy.model_dtype, energy_type)
+    force = MACEForce(prepared, node_attrs, indices, total, periodic, policy.model_dtype, energy_type, capacity)
     return script_module(force.to(device))
 
 
@@ -205,10 +261,12 @@ def export_to_file(
     periodic: bool,
     device: str | torch.device = "cpu",
     energy_type: str = "interaction_energy",
+    capacity: Optional[NeighborCapacity] = None,
 ) -> Path:
     """The TorchScript file for this model, policy and system: from the cache, or built into it.
 
-    With ``output`` the cached file is also copied there (atomically) for the user to keep.
+    With ``output`` the cached file is also copied there (atomically) for the user to keep. With
+    a ``capacity`` the neighbour list has fixed shapes (CUDA-graph capturable).
     """
     from .model_files import cache_dir, load_mace_model, sha256_of
 
@@ -225,6 +283,7 @@ def export_to_file(
         periodic=bool(periodic),
         energy_type=energy_type,
         device=device.type,
+        neighbor_capacity=None if capacity is None else asdict(capacity),
         versions=library_versions(),
     )
     cached = cache_dir() / "exports" / f"{spec.key()}.pt"
@@ -233,6 +292,7 @@ def export_to_file(
         module = build_force_module(
             model, policy_name, resolved_backend, atomic_numbers, atom_indices=atom_indices,
             num_atoms_total=num_atoms_total, periodic=periodic, device=device, energy_type=energy_type,
+            capacity=capacity,
         )
         metadata = {**asdict(spec), "model_path": os.fspath(model_path), "cutoff_angstrom": float(model.r_max)}
         with atomic_path(cached) as tmp:

@@ -175,3 +175,8 @@ def load_mace_model(path: os.PathLike):
                 f"model this plug-in can run."
             )
     return model.eval()
+
+
+def model_cutoff(path: os.PathLike) -> float:
+    """The model's r_max in Angstrom (loads the model; the export cache does not need it)."""
+    return float(load_mace_model(path).r_max)

@@ -15,9 +15,12 @@ box without wrapping.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
+
 
 def _stencil(half_width: List[int], device: torch.device) -> torch.Tensor:
     """All integer offsets in [-h0, h0] x [-h1, h1] x [-h2, h2], shape [S, 3]."""
@@ -116,3 +119,235 @@ def neighbor_list(
     # Pair vectors refer to the unwrapped positions MACE receives.
     lattice_shift = torch.cat(images).to(dtype) + image_of_atom[sender] - image_of_atom[receiver]
     return torch.stack([sender, receiver]), lattice_shift @ box
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixed-capacity neighbour list: static shapes, no host synchronisation, CUDA-graph capturable.
+#
+# The list above sizes its tensors from the data (``.tolist()``, ``.item()``, boolean masks), so
+# every call waits for the GPU and its shapes change from step to step: it cannot be captured in a
+# CUDA graph, and openmm-torch's ``useCUDAGraphs`` is what removes the 2-5x host overhead of the
+# MACE step below ~3000 atoms. This variant fixes every shape when the module is exported: the cell
+# grid (cells per box vector, chosen with a margin so the box may shrink under a barostat), the
+# atoms per cell, and the number of edges. Unused edge slots are padding: self-pairs (sender =
+# receiver, spread over all atoms) with a shift longer than the cutoff, so MACE's polynomial envelope (exactly zero beyond r_max)
+# and its bias-free radial MLP give them exactly zero messages and zero force. Whether the
+# capacities held is returned as ``stats`` (edges needed, fullest cell, grid still valid), computed
+# on the device; the force module poisons its output with NaN when they did not, so an overflow is
+# never silent, and the simulation layer checks ``stats`` between report intervals to grow the
+# capacities before that happens (``capacity.py``).
+# ---------------------------------------------------------------------------------------------
+
+def _reciprocal_rows(cell: torch.Tensor) -> torch.Tensor:
+    """Rows r_k with r_k . a_l = delta_kl: the 3x3 inverse without a solver call (torch.linalg.inv
+    checks its result on the host, which a CUDA graph cannot contain). 1/|r_k| is the distance
+    between the cell's faces across a_k."""
+    cross = torch.stack([
+        torch.linalg.cross(cell[1], cell[2]),
+        torch.linalg.cross(cell[2], cell[0]),
+        torch.linalg.cross(cell[0], cell[1]),
+    ])
+    return cross / (cell[0] * cross[0]).sum()
+
+
+def _compact(keep: torch.Tensor, sender: torch.Tensor, receiver: torch.Tensor, image: torch.Tensor,
+             offset: torch.Tensor, out_sender: torch.Tensor, out_receiver: torch.Tensor,
+             out_image: torch.Tensor) -> torch.Tensor:
+    """Write the kept candidates into the next free edge slots; returns the new edge count.
+
+    Slots past the capacity, and candidates not kept, all go to the extra dump slot at the end.
+    """
+    capacity = out_sender.shape[0] - 1
+    kept = keep.to(torch.long)
+    slot = offset + torch.cumsum(kept, 0) - kept
+    slot = torch.where(keep & (slot < capacity), slot, torch.full_like(slot, capacity))
+    out_sender.scatter_(0, slot, sender)
+    out_receiver.scatter_(0, slot, receiver)
+    out_image.index_copy_(0, slot, image)
+    return offset + kept.sum()
+
+
+def padded_neighbor_list(
+    positions: torch.Tensor,
+    cell: Optional[torch.Tensor],
+    cutoff: float,
+    grid: List[int],
+    stencil: torch.Tensor,
+    cell_capacity: int,
+    edge_capacity: int,
+    chunk_atoms: int,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Edges [2, edge_capacity], shifts [edge_capacity, 3] and stats [3] (int64 on the device:
+    edges needed, atoms in the fullest cell, 1 if the grid still covers the cutoff else 0).
+
+    Periodic systems use the fixed ``grid`` (cells along each box vector) and ``stencil`` (cell
+    offsets, [S, 3]); non-periodic systems examine all pairs (they are small: molecules, ML
+    regions). The first ``stats[0]`` edges are real when ``stats`` shows no overflow.
+    """
+    positions = positions.detach()
+    device, dtype = positions.device, positions.dtype
+    n_atoms = positions.shape[0]
+    out_sender = torch.zeros(edge_capacity + 1, dtype=torch.long, device=device)
+    out_receiver = torch.zeros(edge_capacity + 1, dtype=torch.long, device=device)
+    out_image = torch.zeros((edge_capacity + 1, 3), dtype=dtype, device=device)
+    count = torch.zeros((), dtype=torch.long, device=device)
+    cutoff2 = cutoff * cutoff
+    box = torch.zeros((3, 3), dtype=dtype, device=device)
+    fullest = torch.zeros((), dtype=torch.long, device=device)
+    grid_ok = torch.ones((), dtype=torch.long, device=device)
+    if cell is None:
+        wrapped = positions
+        image_of_atom = torch.zeros_like(positions)
+        others = torch.arange(n_atoms, device=device)
+        for first in range(0, n_atoms, chunk_atoms):
+            i = torch.arange(first, min(first + chunk_atoms, n_atoms), device=device)
+            vec = positions.unsqueeze(0) - positions[i].unsqueeze(1)  # [n, N, 3]
+            keep = ((vec * vec).sum(-1) < cutoff2) & (others.unsqueeze(0) != i.unsqueeze(1))
+            i_full = i.unsqueeze(1).expand(-1, n_atoms)
+            j_full = others.unsqueeze(0).expand(i.shape[0], -1)
+            count = _compact(keep.reshape(-1), i_full.reshape(-1), j_full.reshape(-1),
+                             torch.zeros((keep.numel(), 3), dtype=dtype, device=device), count,
+                             out_sender, out_receiver, out_image)
+    else:
+        box = cell
+        reciprocal = _reciprocal_rows(cell)
+        frac_raw = positions @ reciprocal.T
+        image_of_atom = torch.floor(frac_raw)
+        frac = frac_raw - image_of_atom
+        wrapped = frac @ cell
+        # Built on the device (torch.tensor(grid) would be a host-to-device copy, not capturable).
+        dims = torch.cat([torch.full((1,), g, dtype=torch.long, device=device) for g in grid])
+        dims_f = dims.to(dtype)
+        # The stencil reaches h cells of width w/dims on each side: it covers the cutoff while
+        # h * w / dims >= cutoff along each box vector (w: distance between opposite faces).
+        widths = 1.0 / torch.linalg.norm(reciprocal, dim=1)
+        reach = stencil.abs().max(dim=0).values.to(dtype) * widths / dims_f
+        grid_ok = (reach >= cutoff).all().to(torch.long)
+        atom_cell = torch.minimum(torch.floor(frac * dims_f).long().clamp(min=0), dims - 1)
+        cell_id = (atom_cell[:, 0] * grid[1] + atom_cell[:, 1]) * grid[2] + atom_cell[:, 2]
+        order = torch.argsort(cell_id)
+        n_cells = grid[0] * grid[1] * grid[2]
+        atoms_in_cell = torch.zeros(n_cells, dtype=torch.long, device=device).index_add_(
+            0, cell_id, torch.ones_like(cell_id))
+        fullest = atoms_in_cell.max()
+        cell_start = torch.cumsum(atoms_in_cell, 0) - atoms_in_cell
+        slot = torch.arange(cell_capacity, device=device)
+        n_offsets = stencil.shape[0]
+        for first in range(0, n_atoms, chunk_atoms):
+            i = torch.arange(first, min(first + chunk_atoms, n_atoms), device=device)
+            target = atom_cell[i].unsqueeze(1) + stencil.unsqueeze(0)  # [n, S, 3]
+            image = torch.div(target, dims, rounding_mode="floor")
+            target = target - image * dims
+            target_id = (target[..., 0] * grid[1] + target[..., 1]) * grid[2] + target[..., 2]
+            filled = slot < atoms_in_cell[target_id].unsqueeze(-1)  # [n, S, M]
+            j = order[(cell_start[target_id].unsqueeze(-1) + slot).clamp(max=n_atoms - 1)]
+            image_f = image.to(dtype).unsqueeze(2).expand(-1, -1, cell_capacity, -1)
+            vec = wrapped[j] + image_f @ box - wrapped[i].view(-1, 1, 1, 3)
+            is_self = (j == i.view(-1, 1, 1)) & (image == 0).all(-1).unsqueeze(-1)
+            keep = filled & ((vec * vec).sum(-1) < cutoff2) & ~is_self
+            i_full = i.view(-1, 1, 1).expand(-1, n_offsets, cell_capacity)
+            count = _compact(keep.reshape(-1), i_full.reshape(-1), j.reshape(-1), image_f.reshape(-1, 3),
+                             count, out_sender, out_receiver, out_image)
+    sender = out_sender[:edge_capacity]
+    receiver = out_receiver[:edge_capacity]
+    real = torch.arange(edge_capacity, device=device) < count
+    # Pair vectors refer to the unwrapped positions MACE receives.
+    lattice = out_image[:edge_capacity] + image_of_atom[sender] - image_of_atom[receiver]
+    shifts = lattice @ box
+    padding_shift = (torch.arange(3, device=device) == 0).to(dtype) * (2.0 * cutoff)
+    shifts = torch.where(real.unsqueeze(1), shifts, padding_shift)
+    # Padding pairs each atom with itself in turn: had they all pointed at one atom, every
+    # scatter-add of messages (and of their gradients) would serialise on that atom's row.
+    spread = torch.arange(edge_capacity, device=device) % n_atoms
+    sender = torch.where(real, sender, spread)
+    receiver = torch.where(real, receiver, spread)
+    stats = torch.stack([count, fullest, grid_ok])
+    return torch.stack([sender, receiver]), shifts, stats
+
+
+# Candidate pairs examined per chunk of atoms by the fixed-capacity list (~50 bytes each).
+CANDIDATES_PER_CHUNK = 4_000_000
+
+
+@dataclass(frozen=True)
+class NeighborCapacity:
+    """The fixed shapes of a padded neighbour list (see ``padded_neighbor_list``).
+
+    ``grid`` is empty for non-periodic systems (all pairs are examined); ``stencil_reach`` is the
+    number of cells the stencil reaches along each box vector.
+    """
+
+    grid: Tuple[int, ...]
+    stencil_reach: Tuple[int, ...]
+    cell_capacity: int
+    edge_capacity: int
+
+    def stencil(self) -> torch.Tensor:
+        if not self.grid:
+            return torch.zeros((1, 3), dtype=torch.long)
+        return _stencil(list(self.stencil_reach), torch.device("cpu"))
+
+    def chunk_atoms(self) -> int:
+        per_atom = self.stencil().shape[0] * max(1, self.cell_capacity) if self.grid else 1
+        return max(1, CANDIDATES_PER_CHUNK // per_atom)
+
+
+def face_distances(box: np.ndarray) -> np.ndarray:
+    """Distance between opposite faces of the cell spanned by the rows of ``box``."""
+    volume = abs(float(np.linalg.det(box)))
+    return np.array([volume / np.linalg.norm(np.cross(box[(k + 1) % 3], box[(k + 2) % 3])) for k in range(3)])
+
+
+def plan_capacity(num_atoms: int, cutoff: float, box: Optional[np.ndarray] = None,
+                  positions: Optional[np.ndarray] = None, edge_margin: Optional[float] = None,
+                  box_margin: float = 0.1) -> NeighborCapacity:
+    """Capacities for a system, from its atoms (and box, Angstrom) or from real positions.
+
+    With ``positions`` the edges and the fullest cell are counted and ``edge_margin`` defaults to
+    10%; without, they are estimated from the mean density and it defaults to 25%. The grid is
+    chosen so the box may shrink by ``box_margin`` along each vector (a barostat) before it stops
+    covering the cutoff. Every choice is checked on the device at each call (``stats``).
+    """
+    if edge_margin is None:
+        edge_margin = 0.10 if positions is not None else 0.25
+    if box is None:
+        if positions is not None:
+            edges = _count_edges(positions, None, cutoff)
+        else:
+            # Condensed matter has ~0.1 atoms per cubic Angstrom; a molecule has fewer neighbours.
+            per_atom = min(num_atoms - 1, 0.1 * 4.0 / 3.0 * np.pi * cutoff ** 3)
+            edges = num_atoms * per_atom
+        return NeighborCapacity((), (), 0, _with_margin(edges, edge_margin))
+    box = np.asarray(box, dtype=np.float64)
+    smallest = face_distances(box) / (1.0 + box_margin)
+    grid = tuple(max(1, int(np.floor(w / cutoff))) for w in smallest)
+    reach = tuple(max(1, int(np.ceil(cutoff * g / w - 1e-9))) for g, w in zip(grid, smallest))
+    mean_per_cell = num_atoms / float(np.prod(grid))
+    cell_capacity = int(np.ceil(mean_per_cell + 5.0 * np.sqrt(mean_per_cell) + 4.0))
+    if positions is not None:
+        edges = _count_edges(positions, box, cutoff)
+        cell_capacity = max(cell_capacity, _fullest_cell(positions, box, grid) + 4)
+    else:
+        volume = abs(float(np.linalg.det(box)))
+        edges = num_atoms * (num_atoms / volume) * 4.0 / 3.0 * np.pi * cutoff ** 3
+    # One slot more than there are atoms: a cell can then never fill up.
+    return NeighborCapacity(grid, reach, min(cell_capacity, num_atoms + 1), _with_margin(edges, edge_margin))
+
+
+def _with_margin(edges: float, margin: float) -> int:
+    return int(np.ceil(edges * (1.0 + margin))) + 32
+
+
+def _count_edges(positions: np.ndarray, box: Optional[np.ndarray], cutoff: float) -> int:
+    cell = None if box is None else torch.tensor(box, dtype=torch.float64)
+    edges, _ = neighbor_list(torch.tensor(positions, dtype=torch.float64), cell, cutoff)
+    return int(edges.shape[1])
+
+
+def _fullest_cell(positions: np.ndarray, box: np.ndarray, grid: Tuple[int, ...]) -> int:
+    frac = positions @ np.linalg.inv(box)
+    frac -= np.floor(frac)
+    dims = np.array(grid)
+    index = np.minimum(np.floor(frac * dims).astype(int), dims - 1)
+    flat = (index[:, 0] * dims[1] + index[:, 1]) * dims[2] + index[:, 2]
+    return int(np.bincount(flat).max())

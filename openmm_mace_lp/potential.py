@@ -16,6 +16,7 @@ import openmm.app
 from openmmml.mlpotential import MLPotentialImpl
 
 from .backend import BACKENDS
+from .capacity import record_export
 from .model_files import KNOWN_MODELS, LOCAL_MODEL_NAME
 from .policy import get_policy
 
@@ -103,7 +104,13 @@ class MACELPPotentialImpl(MLPotentialImpl):
     fp16; default fp32), ``backend`` (auto, cueq, e3nn). Keyword arguments of ``createSystem``:
     ``device`` ('cuda' or 'cpu'; default: cuda if available), ``returnEnergyType``
     ('interaction_energy', the default as in openmm-ml, or 'energy' including E0s),
-    ``platform`` (name of the OpenMM platform you will use, checked for known crashes).
+    ``platform`` (name of the OpenMM platform you will use, checked for known crashes),
+    ``cudaGraphs`` (default True on CUDA: fixed-capacity neighbour list, step captured in a CUDA
+    graph by openmm-torch), ``fixedNeighborList`` (default: as ``cudaGraphs``; the fixed-capacity
+    list alone, e.g. to test it on the CPU), ``positions`` (the starting positions, used to size
+    that list exactly; without them it is sized from the density with a wider margin) and
+    ``neighborMargin`` (extra edge capacity, a fraction). ``openmm_mace_lp.capacity`` grows the
+    capacities during a run.
     """
 
     def __init__(self, name: str, modelPath: Optional[str], policy: str, backend: str) -> None:
@@ -122,7 +129,9 @@ class MACELPPotentialImpl(MLPotentialImpl):
 
     def addForces(self, topology: openmm.app.Topology, system: openmm.System, atoms: Optional[Iterable[int]],
                   forceGroup: int, device: Optional[str] = None, returnEnergyType: str = "interaction_energy",
-                  platform: Optional[str] = None, **args) -> None:
+                  platform: Optional[str] = None, cudaGraphs: bool = True, positions=None,
+                  neighborMargin: Optional[float] = None, fixedNeighborList: Optional[bool] = None,
+                  **args) -> None:
         import torch
 
         from .export import export_to_file
@@ -140,9 +149,18 @@ class MACELPPotentialImpl(MLPotentialImpl):
         atomic_numbers = [atom.element.atomic_number for atom in selected]
         periodic = topology.getPeriodicBoxVectors() is not None or system.usesPeriodicBoundaryConditions()
         model_path = resolve_model_path(self.name, self.modelPath)
+        graphs = bool(cudaGraphs) and device.startswith("cuda")
+        fixed = graphs if fixedNeighborList is None else bool(fixedNeighborList)
+        if graphs and not fixed:
+            raise ValueError("cudaGraphs=True needs the fixed-capacity neighbour list (a CUDA graph "
+                             "cannot change shape); pass fixedNeighborList=True, or cudaGraphs=False.")
+        capacity = None
+        if fixed:
+            capacity = neighbor_capacity(model_path, topology, system, indices, positions, neighborMargin)
         path = export_to_file(
             model_path, self.policy, self.backend, atomic_numbers, atom_indices=indices,
             num_atoms_total=len(all_atoms), periodic=periodic, device=device, energy_type=returnEnergyType,
+            capacity=capacity,
         )
         if KNOWN_MODELS.get(self.name) is not None:
             logger.warning("%s is distributed under the %s licence: no commercial use.", self.name,
@@ -150,9 +168,45 @@ class MACELPPotentialImpl(MLPotentialImpl):
         openmmtorch = import_openmmtorch()
         force = openmmtorch.TorchForce(os.fspath(path))
         force.setOutputsForces(True)
+        if graphs:
+            force.setProperty("useCUDAGraphs", "true")
+        record_export(system, path, device, fixed)
         force.setUsesPeriodicBoundaryConditions(periodic)
         force.setForceGroup(forceGroup)
         system.addForce(force)
 
     def getMLLongRange(self) -> bool:
         return False
+
+
+def neighbor_capacity(model_path, topology: openmm.app.Topology, system: Optional[openmm.System],
+                      indices: Optional[list], positions, margin: Optional[float]):
+    """Fixed neighbour-list shapes for this system (Angstrom inside; OpenMM gives nm)."""
+    import numpy as np
+
+    from .model_files import model_cutoff
+    from .neighbors import plan_capacity
+
+    box = topology.getPeriodicBoxVectors()
+    if box is None and system is not None and system.usesPeriodicBoundaryConditions():
+        box = system.getDefaultPeriodicBoxVectors()
+    box_a = None if box is None else 10.0 * np.array([[v[i] for i in range(3)] for v in _nm(box)])
+    n_atoms = topology.getNumAtoms() if indices is None else len(indices)
+    pos_a = None
+    if positions is not None:
+        pos_a = 10.0 * np.asarray(_nm(positions), dtype=np.float64).reshape(-1, 3)
+        if pos_a.shape[0] != topology.getNumAtoms():
+            raise ValueError(f"positions has {pos_a.shape[0]} atoms but the topology has "
+                             f"{topology.getNumAtoms()}; pass the positions of this topology.")
+        if indices is not None:
+            pos_a = pos_a[indices]
+    return plan_capacity(n_atoms, model_cutoff(model_path), box_a, pos_a, margin)
+
+
+def _nm(value):
+    """Strip OpenMM units (nm) from positions or box vectors; plain numbers are taken as nm."""
+    from openmm import unit
+
+    if unit.is_quantity(value):
+        return value.value_in_unit(unit.nanometer)
+    return [(_nm(v) if unit.is_quantity(v) else v) for v in value]

@@ -54,6 +54,13 @@ class ModelConfig:
     path: str = "default"  # a MACE .model file, or "default" for the embedded water model
     policy: str = "fp32"  # one of openmm_mace_lp.policy.POLICIES
     backend: str = "auto"  # auto (cueq on a GPU with its kernels, else e3nn), cueq, e3nn
+    # On CUDA: fixed-capacity neighbour list and the step captured in a CUDA graph.
+    cuda_graphs: bool = True
+    # auto (fixed-capacity with CUDA graphs, else dynamic), fixed, or dynamic (no CUDA graphs).
+    neighbor_list: str = "auto"
+    # Extra edge capacity of that list over the starting structure's edges (the barostat may
+    # compress the box); 0: 0.3 for NPT, 0.1 otherwise.
+    neighbor_margin: float = 0.0
 
 
 @dataclass
@@ -344,6 +351,10 @@ def _validate_model(model: ModelConfig) -> None:
 
     _check_choice("model.policy", model.policy, POLICIES)
     _check_choice("model.backend", model.backend, BACKENDS)
+    _check_choice("model.cuda_graphs", model.cuda_graphs, (True, False))
+    _check_choice("model.neighbor_list", model.neighbor_list, ("auto", "fixed", "dynamic"))
+    _check(_finite(model.neighbor_margin) and 0 <= model.neighbor_margin <= 10, "model.neighbor_margin",
+           model.neighbor_margin, "must be between 0 (automatic) and 10")
     if model.path == "default":
         from openmm_mace_lp.model_files import default_model_path
 

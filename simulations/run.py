@@ -38,6 +38,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from .config import SimulationConfig, check_resume_changes, read_run_config, resolved, validate
 from openmm_mace_lp.atomic import atomic_write_text
+from openmm_mace_lp.capacity import watches_for as capacity_watches
 from .guards import GuardError, GuardLimits, find_problem, guard_failure, Guard
 from .manifest import new_manifest, read_manifest, write_manifest
 from .openmm_setup import (LANGEVIN, VERLET, create_simulation, create_system, degrees_of_freedom,
@@ -57,6 +58,8 @@ FINAL_STATE = "final_state.xml"
 LOG_FILE = "run.log"
 TRAJECTORY_FILE = "trajectory.dcd"
 OUTPUT_FILES = ("equilibration.csv", "state.csv", TRAJECTORY_FILE)
+# Edge-capacity margin of a force re-exported during a run (at least): it must leave headroom.
+GROWTH_MARGIN = 0.1
 RUN_FILES = (CONFIG_FILE, "manifest.json", TOPOLOGY_FILE, INITIAL_STATE, FINAL_STATE, *OUTPUT_FILES)
 
 
@@ -149,6 +152,36 @@ class _DeadlineTask:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.checkpointer.save(simulation, step)
             raise _Paused(self.phase, step)
+
+
+class _GrowCapacity(Exception):
+    """Raised by the capacity task: the force must be re-exported with larger capacities."""
+
+    def __init__(self, step: int, reason: str, positions: np.ndarray) -> None:
+        super().__init__(f"step {step}: {reason}")
+        self.step, self.reason, self.positions = step, reason, positions
+
+
+class _CapacityTask:
+    """Reporter task (before the guard): stop the step loop when a fixed-capacity neighbour list
+    is nearly full, so the runner can grow it before the model would return NaN."""
+
+    include: tuple[str, ...] = ("positions",)
+
+    def __init__(self, watches: Sequence, interval: int, periodic: bool) -> None:
+        self.watches = list(watches)
+        self.interval = interval
+        self.periodic = periodic
+
+    def report(self, simulation, state, step: int) -> None:
+        from openmm import unit
+
+        positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        box = np.array(state.getPeriodicBoxVectors().value_in_unit(unit.nanometer)) if self.periodic else None
+        for watch in self.watches:
+            reason = watch.shortfall(positions, box)
+            if reason is not None:
+                raise _GrowCapacity(step, reason, np.asarray(positions))
 
 
 @dataclass
@@ -336,6 +369,7 @@ class _Runner:
         if self.hooks.modify_system is not None:
             self.hooks.modify_system(self.system)
         self.simulation = create_simulation(self.config, structure.topology, self.system, integrator_kind)
+        self.capacity_watches = capacity_watches(self.system)
         self.periodic = structure.box is not None
         self.thermo = Thermo(degrees_of_freedom(self.system), total_mass_dalton(self.system),
                              self.config.integrator.timestep_fs / 1000.0)
@@ -351,6 +385,47 @@ class _Runner:
                                  self.periodic, self.quiet)
         logger.info("system built in %.1f s (%d degrees of freedom)", time.perf_counter() - t0,
                     self.thermo.dof)
+
+    def _grow_capacity(self, phase: Phase, grow: _GrowCapacity) -> None:
+        """Re-export the force sized for the current positions and carry the exact state over.
+
+        The task stopped the loop right after a step, before the guard, CSV or checkpoint saw it:
+        the new Simulation continues from that step through an OpenMM checkpoint (positions,
+        velocities, box, step count, random states), so no step is lost or repeated.
+        """
+        t0 = time.perf_counter()
+        saved = self.simulation.context.createCheckpoint()
+        reporters = self.simulation.reporters
+        kind = self._integrator_kind(self.simulation)
+        margin = max(self.config.model.neighbor_margin, GROWTH_MARGIN)
+        self.system = create_system(self.config, self.structure, positions=grow.positions, margin=margin)
+        if self.hooks.modify_system is not None:
+            self.hooks.modify_system(self.system)
+        self.simulation = create_simulation(self.config, self.structure.topology, self.system, kind)
+        self.simulation.context.loadCheckpoint(saved)
+        self.simulation.reporters = reporters
+        self.capacity_watches = capacity_watches(self.system)
+        for task in self.tasks:
+            if isinstance(task, _CapacityTask):
+                task.watches = self.capacity_watches
+        self.manifest["capacity_growths"] = int(self.manifest.get("capacity_growths", 0)) + 1
+        write_manifest(self.run_dir, self.manifest)
+        logger.info("%s step %d: %s; neighbour capacities re-sized for the current positions and the "
+                    "force re-exported in %.1f s", phase.name, grow.step, grow.reason, time.perf_counter() - t0)
+        state = self.simulation.context.getState(getPositions=True, getVelocities=True, getEnergy=True,
+                                                 getForces=True, enforcePeriodicBox=False)
+        positions = state.getPositions(asNumpy=True)._value
+        box = np.array(state.getPeriodicBoxVectors()._value) if self.periodic else None
+        for watch in self.capacity_watches:
+            reason = watch.shortfall(positions, box)
+            if reason is not None:
+                raise RuntimeError(f"{phase.name} step {grow.step}: the neighbour list re-sized for the "
+                                   f"current positions is still short ({reason}); set model.neighbor_list "
+                                   f"= \"dynamic\" (no CUDA graphs) for this system.")
+        # The other tasks have not seen this step yet (guard, CSV row, frame, checkpoint).
+        for task in reporters[0].tasks:
+            if not isinstance(task, _CapacityTask) and (task.interval == 0 or grow.step % task.interval == 0):
+                task.report(self.simulation, state, grow.step)
 
     def _minimise(self) -> None:
         run = self.config.run
@@ -434,7 +509,10 @@ class _Runner:
         if resuming:
             checkpointer.last_step = step
         stop = _DeadlineTask(self.deadline, checkpointer, out.report_interval_steps, phase.name)
-        self.tasks = [task for task in (guard, csv, trajectory, checkpointer, stop, self.progress)
+        capacity = None
+        if self.capacity_watches:
+            capacity = _CapacityTask(self.capacity_watches, out.report_interval_steps, self.periodic)
+        self.tasks = [task for task in (capacity, guard, csv, trajectory, checkpointer, stop, self.progress)
                       if task is not None]
         self.simulation.reporters = [PhaseReporter(self.tasks), *self.hooks.reporters.get(phase.name, ())]
         offset = sum(p.steps for p in self.phases[:self.phases.index(phase)])
@@ -442,7 +520,12 @@ class _Runner:
         csv.start(step)
         self.clock.start(phase.name)
         try:
-            self._step(phase, phase.steps - step)
+            while True:
+                try:
+                    self._step(phase, phase.steps - self.simulation.currentStep)
+                    break
+                except _GrowCapacity as grow:
+                    self._grow_capacity(phase, grow)
             self._check_final_state(phase, guard, checkpointer)
             checkpointer.save(self.simulation, phase.steps)
         finally:

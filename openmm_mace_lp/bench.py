@@ -1,0 +1,410 @@
+"""``mace-lp bench``: MD speed of every backend x policy through OpenMM, against anchors in the same run.
+
+For each water box (1 g/cm3) and each backend x policy x CUDA-graph setting it builds the force
+through ``MLPotential("mace-lp", ...)`` on OpenMM's CUDA platform (mixed precision) and records:
+
+- ``ms_per_step`` / ``ns_per_day``: LangevinMiddle MD steps (median of timed blocks);
+- ``gpu_kernel_ms``: the summed GPU kernel time of one energy+force call of the same exported
+  module (torch profiler), i.e. what the step would cost with no host overhead at all;
+- ``module_replay_ms``: that module captured in a CUDA graph by us in Python and replayed (the
+  "own capture" alternative to openmm-torch's ``useCUDAGraphs``; TorchScript itself cannot
+  capture, so inside OpenMM only openmm-torch's capture is available);
+- ``peak_gib``, ``first_call_s`` (export + context + openmm-torch's warm-up and capture),
+  ``force_rel_err_vs_fp64_eager`` (mace-torch's eager float64 model at the same positions);
+- the anchors measured in the same run: openmm-ml 1.8's ``MLPotential("mace")`` (PythonForce) with
+  the same model (``anchor_ms_per_step``, ``speedup_vs_anchor``), and mace-torch's eager fp32
+  model call without neighbour list (``eager_mace_ms``).
+
+The model is the MACE-OFF24(M) architecture with seeded random weights (``systems``); speed does
+not depend on the weights. Rows are written after each measurement, so a cut-off run keeps them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+DEFAULT_POLICIES = ("fp64", "fp32", "tf32", "bf16", "fp16")
+
+
+@dataclass
+class BenchSettings:
+    atoms: List[int]
+    policies: List[str]
+    backends: List[str]
+    graphs: List[bool]
+    dt_fs: float
+    out: Path
+    architecture: str
+    device: str
+    anchor: bool
+    seconds_per_row: float
+    # The fp64 eager reference and the openmm-ml anchor (e3nn, ~6 MB/atom) only up to this size.
+    reference_max_atoms: int = 10000
+
+
+def card_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke run)"
+
+
+def eager_inputs(model, numbers, positions_nm: np.ndarray, box_nm: np.ndarray, device: str, dtype):
+    """mace-torch's own input dictionary (matscipy neighbour list) for a periodic structure."""
+    import torch
+    from mace.data.neighborhood import get_neighborhood
+    from mace.tools import atomic_numbers_to_indices, to_one_hot, utils
+
+    table = utils.AtomicNumberTable([int(z) for z in model.atomic_numbers])
+    attrs = to_one_hot(torch.tensor(atomic_numbers_to_indices(numbers, z_table=table)).unsqueeze(-1), len(table))
+    # OpenMM's CUDA platform (mixed precision) hands TorchForce float32 positions: compare the
+    # model, not that input rounding.
+    pos = positions_nm.astype(np.float32).astype(np.float64) * 10.0
+    cell = box_nm * 10.0
+    edges, shifts, _, _ = get_neighborhood(pos, float(model.r_max), [True] * 3, cell)
+    return {
+        "positions": torch.tensor(pos, device=device, dtype=dtype),
+        "node_attrs": attrs.to(device=device, dtype=dtype),
+        "edge_index": torch.tensor(edges, dtype=torch.long, device=device),
+        "shifts": torch.tensor(shifts, device=device, dtype=dtype),
+        "batch": torch.zeros(len(numbers), dtype=torch.long, device=device),
+        "ptr": torch.tensor([0, len(numbers)], device=device),
+        "cell": torch.tensor(cell, device=device, dtype=dtype),
+    }
+
+
+def eager_reference(model_path: str, numbers, positions_nm, box_nm, device: str) -> Dict[str, object]:
+    """fp64 eager forces (kJ/mol/nm) and the eager fp32 call time (ms, neighbour list excluded)."""
+    import torch
+
+    from .export import EV_TO_KJ_PER_MOL
+
+    # Load on the CPU, then move: e3nn rebuilds some constants on unpickling (on the CPU).
+    model = torch.load(model_path, map_location="cpu", weights_only=False).to(device)
+    data = eager_inputs(model.double(), numbers, positions_nm, box_nm, device, torch.float64)
+    forces = model(data, compute_force=True)["forces"].detach().cpu().numpy() * EV_TO_KJ_PER_MOL * 10.0
+    model = model.float()
+    data32 = {k: (v.float() if v.is_floating_point() else v) for k, v in data.items()}
+    eager_ms = median_ms(lambda: model(data32, compute_force=True), device, repeats=10)
+    del model, data, data32
+    return {"forces": forces, "eager_ms": eager_ms}
+
+
+def median_ms(call: Callable[[], object], device: str, repeats: int = 20) -> float:
+    import torch
+
+    call()
+    samples = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        call()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def time_md_steps(context, integrator, seconds: float) -> tuple[float, int]:
+    """Median ms/step over blocks of steps, each ended by a positions read (a device sync)."""
+    integrator.step(5)
+    context.getState(getPositions=True)
+    start = time.perf_counter()
+    integrator.step(5)
+    context.getState(getPositions=True)
+    per_step = (time.perf_counter() - start) / 5
+    block = max(5, min(200, int(0.5 / max(per_step, 1e-5))))
+    n_blocks = max(3, int(seconds / (per_step * block)) + 1)
+    samples = []
+    for _ in range(n_blocks):
+        start = time.perf_counter()
+        integrator.step(block)
+        context.getState(getPositions=True)
+        samples.append((time.perf_counter() - start) / block * 1000)
+    return statistics.median(samples), n_blocks * block
+
+
+def run_md(system, structure, settings: BenchSettings, started: float) -> Dict[str, object]:
+    """Forces at the start, first-call time (12 calls: openmm-torch warms up 10, then captures), ms/step."""
+    import openmm
+    import openmm.unit as unit
+    import torch
+
+    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, settings.dt_fs * unit.femtosecond)
+    integrator.setRandomNumberSeed(1)
+    if settings.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        platform, properties = openmm.Platform.getPlatformByName("CUDA"), {"Precision": "mixed"}
+    else:
+        platform, properties = openmm.Platform.getPlatformByName("CPU"), {}
+    context = openmm.Context(system, integrator, platform, properties)
+    context.setPeriodicBoxVectors(*structure.box)
+    context.setPositions(structure.positions)
+    state = context.getState(getForces=True, getEnergy=True)
+    forces = np.asarray(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+    context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
+    integrator.step(11)
+    context.getState(getPositions=True)
+    first_call_s = time.perf_counter() - started
+    ms, steps = time_md_steps(context, integrator, settings.seconds_per_row)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if settings.device == "cuda" else float("nan")
+    del context, integrator
+    return {"forces": forces, "ms_per_step": ms, "steps_timed": steps, "first_call_s": first_call_s,
+            "peak_gib": peak, "energy_kJ_mol": state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)}
+
+
+def exported_module_path(model_path: str, structure, backend: str, policy: str, graphs: bool) -> str:
+    """The module file the row's TorchForce runs: the same export call, answered by the cache
+    (OpenMM hands back a TorchForce from a System only as a plain Force)."""
+    from .export import export_to_file
+    from .potential import neighbor_capacity
+
+    numbers = [a.element.atomic_number for a in structure.topology.atoms()]
+    capacity = None
+    if graphs:
+        capacity = neighbor_capacity(model_path, structure.topology, None, None, structure.positions, None)
+    return str(export_to_file(model_path, policy, backend, numbers, periodic=True, device="cuda", capacity=capacity))
+
+
+def module_timings(module_path: str, structure, device: str) -> Dict[str, float]:
+    """Summed GPU kernel time of one call (profiler) and CUDA-graph replay time of the module."""
+    import torch
+
+    module = torch.jit.load(module_path, map_location=device)
+    pos = torch.tensor(structure.positions, device=device, dtype=torch.float32)
+    box = torch.tensor(structure.box, device=device, dtype=torch.float32)
+    if device != "cuda":
+        return {"gpu_kernel_ms": float("nan"), "module_replay_ms": float("nan")}
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            module(pos, box)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    calls = 5
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        for _ in range(calls):
+            module(pos, box)
+        torch.cuda.synchronize()
+    kernel_us = sum(event.self_device_time_total for event in profile.key_averages())
+    result = {"gpu_kernel_ms": kernel_us / calls / 1000.0, "module_replay_ms": float("nan")}
+    if bool(module.padded):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            module(pos, box)
+        result["module_replay_ms"] = median_ms(graph.replay, device)
+        del graph
+    stats = module.neighbor_stats(pos, box).tolist()
+    result.update(edges=int(stats[0]), edge_capacity=int(stats[1]))
+    del module
+    torch.cuda.empty_cache()
+    return result
+
+
+def force_error(forces: np.ndarray, reference: Optional[Dict[str, object]]) -> float:
+    if reference is None:
+        return float("nan")
+    expected = reference["forces"]
+    return float(np.linalg.norm(forces - expected) / np.linalg.norm(expected))
+
+
+def bench_row(settings: BenchSettings, model_path: str, structure, backend: str, policy: str, graphs: bool,
+              reference: Optional[Dict[str, object]], anchor: Optional[Dict[str, object]]) -> Dict[str, object]:
+    from openmmml import MLPotential
+
+    numbers = [a.element.atomic_number for a in structure.topology.atoms()]
+    row: Dict[str, object] = {"atoms": len(numbers), "backend": backend, "policy": policy, "cuda_graphs": graphs}
+    started = time.perf_counter()
+    potential = MLPotential("mace-lp", modelPath=model_path, policy=policy, backend=backend)
+    system = potential.createSystem(structure.topology, device=settings.device, cudaGraphs=graphs,
+                                    positions=structure.positions)
+    result = run_md(system, structure, settings, started)
+    forces = result.pop("forces")
+    row.update(result)
+    row["force_rel_err_vs_fp64_eager"] = force_error(forces, reference)
+    row["ns_per_day"] = settings.dt_fs * 1e-6 * 86400 / (row["ms_per_step"] / 1000)
+    if settings.device == "cuda":
+        module_path = exported_module_path(model_path, structure, backend, policy, graphs)
+        row.update(module_timings(module_path, structure, settings.device))
+    row["eager_mace_ms"] = float("nan") if reference is None else reference["eager_ms"]
+    if anchor is not None:
+        row["anchor_ms_per_step"] = anchor["ms_per_step"]
+        row["speedup_vs_anchor"] = anchor["ms_per_step"] / row["ms_per_step"]
+    return row
+
+
+def anchor_row(settings: BenchSettings, model_path: str, structure, reference) -> Dict[str, object]:
+    """openmm-ml 1.8's own MACE (PythonForce, matscipy on the CPU), single precision."""
+    from openmmml import MLPotential
+
+    started = time.perf_counter()
+    system = MLPotential("mace", modelPath=model_path).createSystem(structure.topology, precision="single")
+    result = run_md(system, structure, settings, started)
+    forces = result.pop("forces")
+    return {"atoms": structure.positions.shape[0], "backend": "openmm-ml-1.8", "policy": "single",
+            "cuda_graphs": False, **result,
+            "ns_per_day": settings.dt_fs * 1e-6 * 86400 / (result["ms_per_step"] / 1000),
+            "force_rel_err_vs_fp64_eager": force_error(forces, reference)}
+
+
+def run_bench(settings: BenchSettings) -> dict:
+    import openmm
+    import torch
+
+    import mace  # noqa: F401  (before e3nn)
+
+    from .backend import cueq_kernels_available
+    from .export import library_versions
+    from .systems.architectures import MACE_OFF24_MEDIUM, TINY, build_mace, save_model
+    from .systems.builders import load_water_box
+
+    workdir = Path(tempfile.mkdtemp(prefix="mace-lp-bench-"))
+    # A fresh export cache: first_call_s includes the export, as for a new user.
+    os.environ["OPENMM_MACE_LP_CACHE"] = str(workdir / "cache")
+    architecture = {"mace-off24-medium": MACE_OFF24_MEDIUM, "tiny": TINY}[settings.architecture]
+    model_path = str(workdir / f"{settings.architecture}-random.model")
+    save_model(build_mace(architecture, seed=0, dtype="float64"), model_path)
+    report = {"card": card_name(settings.device), "driver": torch.version.cuda,
+              "versions": {**library_versions(), "openmm": openmm.__version__},
+              "cueq_kernels": cueq_kernels_available(),
+              "model": f"{settings.architecture} architecture, random weights (seed 0)",
+              "dt_fs": settings.dt_fs,
+              "integrator": "LangevinMiddle 300 K, OpenMM CUDA platform, mixed precision", "rows": []}
+    for n_atoms in settings.atoms:
+        structure = load_water_box(n_atoms)
+        numbers = [a.element.atomic_number for a in structure.topology.atoms()]
+        reference = None
+        if len(numbers) <= settings.reference_max_atoms:
+            reference = _recorded(report, settings, lambda: {"atoms": len(numbers), "backend": "eager-mace-fp64",
+                                                              **eager_reference(model_path, numbers, structure.positions,
+                                                                                structure.box, settings.device)},
+                                  {"atoms": len(numbers), "backend": "eager-mace-fp64"}, keep=False)
+        anchor = None
+        if settings.anchor and len(numbers) <= settings.reference_max_atoms:
+            anchor = _recorded(report, settings, lambda: anchor_row(settings, model_path, structure, reference),
+                               {"atoms": len(numbers), "backend": "openmm-ml-1.8", "policy": "single"})
+        for backend in settings.backends:
+            for policy in settings.policies:
+                for graphs in settings.graphs:
+                    _recorded(report, settings,
+                              lambda: bench_row(settings, model_path, structure, backend, policy, graphs, reference, anchor),
+                              {"atoms": len(numbers), "backend": backend, "policy": policy, "cuda_graphs": graphs})
+    return report
+
+
+def _recorded(report: dict, settings: BenchSettings, measure: Callable[[], dict], label: dict,
+              keep: bool = True) -> Optional[dict]:
+    """Run one measurement; record its row (or its error) and rewrite the results.
+
+    ``keep=False``: a successful result is returned but not tabulated (the eager reference).
+    """
+    import torch
+
+    try:
+        row = measure()
+    except Exception:  # noqa: BLE001 - one failed row must not lose the others
+        row = {**label, "error": traceback.format_exc()[-3000:]}
+    if not keep and "error" not in row:
+        return row
+    report["rows"].append(row)
+    print(format_row(row), flush=True)
+    write_report(report, settings.out)
+    if settings.device == "cuda":
+        torch.cuda.empty_cache()
+    return None if "error" in row else row
+
+
+def format_row(row: dict) -> str:
+    head = f"[{row['atoms']} atoms] {row['backend']:13s} {row.get('policy', ''):6s} graphs={row.get('cuda_graphs', '')!s:5s}"
+    if "error" in row:
+        return f"{head} FAILED\n{row['error']}"
+    return (f"{head} {row['ms_per_step']:8.2f} ms/step  kernels {row.get('gpu_kernel_ms', float('nan')):7.2f} ms  "
+            f"x{row.get('speedup_vs_anchor', 1.0):5.2f}  err {row['force_rel_err_vs_fp64_eager']:.1e}  "
+            f"first {row['first_call_s']:.1f} s  peak {row['peak_gib']:.2f} GiB")
+
+
+def write_report(report: dict, out: Path) -> str:
+    from .atomic import atomic_write_text
+
+    table = markdown_table(report)
+    atomic_write_text(out, json.dumps(report, indent=1))
+    atomic_write_text(out.with_suffix(".md"), table)
+    return table
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return format(value, fmt)
+
+
+def markdown_table(report: dict) -> str:
+    lines = [f"Card: {report['card']} (CUDA {report['driver']}); {report['model']}; {report['integrator']}, "
+             f"{report['dt_fs']} fs; cuEq kernels: {report['cueq_kernels']}", "",
+             "| atoms | backend | policy | CUDA graph | ms/step | ns/day | GPU kernel ms | own-capture replay ms | "
+             "step / kernel | speed-up vs anchor | force rel. err vs fp64 eager | first call s | peak GiB | MB/atom |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in report["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['atoms']} | {row['backend']} | {row.get('policy', '')} | "
+                         f"{row.get('cuda_graphs', '')} | failed: {row['error'].strip().splitlines()[-1][:80]} "
+                         "| | | | | | | | | |")
+            continue
+        ratio = row["ms_per_step"] / row["gpu_kernel_ms"] if row.get("gpu_kernel_ms") else None
+        mb_per_atom = row["peak_gib"] * 1024 / row["atoms"] if row.get("peak_gib") == row.get("peak_gib") else None
+        lines.append(
+            f"| {row['atoms']} | {row['backend']} | {row['policy']} | {'yes' if row.get('cuda_graphs') else 'no'} | "
+            f"{row['ms_per_step']:.2f} | {row['ns_per_day']:.3f} | {_cell(row, 'gpu_kernel_ms', '.2f')} | "
+            f"{_cell(row, 'module_replay_ms', '.2f')} | {'' if ratio is None else format(ratio, '.2f')} | "
+            f"{_cell(row, 'speedup_vs_anchor', '.2f')} | {row['force_rel_err_vs_fp64_eager']:.2e} | "
+            f"{row['first_call_s']:.1f} | {row['peak_gib']:.2f} | {'' if mb_per_atom is None else format(mb_per_atom, '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="MD speed per backend x policy against openmm-ml 1.8, on the GPU",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--atoms", type=int, nargs="+", default=[1029, 3000, 10000, 30000])
+    parser.add_argument("--policies", default=",".join(DEFAULT_POLICIES))
+    parser.add_argument("--backends", default="cueq,e3nn")
+    parser.add_argument("--graphs", default="on,off", help="CUDA-graph settings to measure: on, off or on,off")
+    parser.add_argument("--dt-fs", type=float, default=1.0)
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed MD seconds per row")
+    parser.add_argument("--no-anchor", action="store_true", help="skip openmm-ml 1.8's MACE")
+    parser.add_argument("--architecture", default="mace-off24-medium", choices=["mace-off24-medium", "tiny"])
+    parser.add_argument("-o", "--out", default="benchmarks/results/bench.json")
+    parser.add_argument("--smoke", action="store_true",
+                        help="CPU dry run with the tiny model (checks the harness; the numbers mean nothing)")
+    parser.set_defaults(func=_run_command)
+
+
+def _run_command(args) -> int:
+    import torch
+
+    device = "cpu" if args.smoke else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("mace-lp bench measures the CUDA platform and torch sees no GPU here; "
+                           "use --smoke for a CPU dry run of the harness.")
+    graphs = {"on": [True], "off": [False], "on,off": [True, False], "off,on": [False, True]}.get(args.graphs)
+    if graphs is None:
+        raise ValueError(f"--graphs {args.graphs!r}: use on, off or on,off.")
+    if device == "cpu":
+        graphs = [False]  # CUDA graphs need CUDA
+    settings = BenchSettings(atoms=args.atoms, policies=args.policies.split(","), backends=args.backends.split(","),
+                             graphs=graphs, dt_fs=args.dt_fs, out=Path(args.out),
+                             architecture="tiny" if args.smoke else args.architecture, device=device,
+                             anchor=not args.no_anchor, seconds_per_row=0.5 if args.smoke else args.seconds)
+    print(write_report(run_bench(settings), settings.out))
+    return 0
