@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "openmm_mace_lp.simulations.cli",  # simulate, arms
     "openmm_mace_lp.analysis.cli",  # analyze, compare, report, static
     "openmm_mace_lp.bench",  # bench
+    "openmm_mace_lp.profile",  # profile
 )
 
 
