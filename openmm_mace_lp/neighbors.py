@@ -248,11 +248,20 @@ def padded_neighbor_list(
             i_full = i.view(-1, 1, 1).expand(-1, n_offsets, cell_capacity)
             count = _compact(keep.reshape(-1), i_full.reshape(-1), j.reshape(-1), image_f.reshape(-1, 3),
                              count, out_sender, out_receiver, out_image)
-    sender = out_sender[:edge_capacity]
-    receiver = out_receiver[:edge_capacity]
     real = torch.arange(edge_capacity, device=device) < count
+    # A canonical order (sender, receiver, cell image), so that the sums over edges, and hence the
+    # energy to the last bit, do not depend on the grid or capacities (a re-sized force continues a
+    # run exactly). Padding sorts last.
+    image = out_image[:edge_capacity].round().long() + 32  # |image| < 32 along each vector
+    image_code = (image[:, 0] * 64 + image[:, 1]) * 64 + image[:, 2]
+    key = (out_sender[:edge_capacity] * n_atoms + out_receiver[:edge_capacity]) * 262144 + image_code
+    key = torch.where(real, key, torch.full_like(key, 2**62))
+    order = torch.argsort(key)
+    sender = out_sender[order]
+    receiver = out_receiver[order]
+    out_image = out_image[order]
     # Pair vectors refer to the unwrapped positions MACE receives.
-    lattice = out_image[:edge_capacity] + image_of_atom[sender] - image_of_atom[receiver]
+    lattice = out_image + image_of_atom[sender] - image_of_atom[receiver]
     shifts = lattice @ box
     padding_shift = (torch.arange(3, device=device) == 0).to(dtype) * (2.0 * cutoff)
     shifts = torch.where(real.unsqueeze(1), shifts, padding_shift)

@@ -28,11 +28,10 @@ def apply_cpu_threads(config: SimulationConfig) -> None:
         torch.set_num_threads(config.platform.cpu_threads)
 
 
-def create_system(config: SimulationConfig, structure: StartStructure, positions: np.ndarray | None = None,
-                  margin: float | None = None):
+def create_system(config: SimulationConfig, structure: StartStructure, margin: float | None = None):
     """The MACE System for the structure (this exports the TorchScript module: the expensive
-    part of setting up, cached on disk per model, policy, backend and atoms). ``positions``
-    (nm, default the structure's) size a fixed-capacity neighbour list, with ``margin`` (default
+    part of setting up, cached on disk per model, policy, backend and atoms). The structure's
+    positions and box size a fixed-capacity neighbour list, with ``margin`` (default
     ``model.neighbor_margin``) of extra edges."""
     import openmm
     from openmmml import MLPotential
@@ -45,13 +44,13 @@ def create_system(config: SimulationConfig, structure: StartStructure, positions
     topology = structure.topology
     if structure.box is not None:
         topology.setPeriodicBoxVectors([openmm.Vec3(*map(float, row)) for row in structure.box])
-    margin = margin or config.model.neighbor_margin or (0.3 if config.ensemble == "npt" else 0.1)
+    margin = margin or config.model.neighbor_margin or (0.1 if config.ensemble == "npt" else 0.05)
     neighbors = config.model.neighbor_list
     system = potential.createSystem(
         topology, device=config.platform.device, platform=config.platform.name,
         cudaGraphs=config.model.cuda_graphs and neighbors != "dynamic",
         fixedNeighborList=None if neighbors == "auto" else neighbors == "fixed",
-        positions=structure.positions if positions is None else positions, neighborMargin=margin)
+        positions=structure.positions, neighborMargin=margin)
     if structure.box is not None:
         system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*map(float, row)) for row in structure.box])
     if config.ensemble == "npt":

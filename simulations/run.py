@@ -28,7 +28,7 @@ import logging
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from io import StringIO
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -157,9 +157,9 @@ class _DeadlineTask:
 class _GrowCapacity(Exception):
     """Raised by the capacity task: the force must be re-exported with larger capacities."""
 
-    def __init__(self, step: int, reason: str, positions: np.ndarray) -> None:
+    def __init__(self, step: int, reason: str, positions: np.ndarray, box: np.ndarray | None) -> None:
         super().__init__(f"step {step}: {reason}")
-        self.step, self.reason, self.positions = step, reason, positions
+        self.step, self.reason, self.positions, self.box = step, reason, positions, box
 
 
 class _CapacityTask:
@@ -181,7 +181,7 @@ class _CapacityTask:
         for watch in self.watches:
             reason = watch.shortfall(positions, box)
             if reason is not None:
-                raise _GrowCapacity(step, reason, np.asarray(positions))
+                raise _GrowCapacity(step, reason, np.asarray(positions), box)
 
 
 @dataclass
@@ -398,7 +398,15 @@ class _Runner:
         reporters = self.simulation.reporters
         kind = self._integrator_kind(self.simulation)
         margin = max(self.config.model.neighbor_margin, GROWTH_MARGIN)
-        self.system = create_system(self.config, self.structure, positions=grow.positions, margin=margin)
+        # Sized for where the run is now: positions and (under a barostat) box of this step.
+        now = replace(self.structure, positions=grow.positions, box=grow.box)
+        self.system = create_system(self.config, now, margin=margin)
+        if self.structure.box is not None:
+            # The barostat sizes its first trial moves from the System's default box: keep the
+            # run's own, as a resumed run does.
+            import openmm
+
+            self.system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*map(float, row)) for row in self.structure.box])
         if self.hooks.modify_system is not None:
             self.hooks.modify_system(self.system)
         self.simulation = create_simulation(self.config, self.structure.topology, self.system, kind)

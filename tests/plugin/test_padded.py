@@ -169,3 +169,17 @@ def test_graph_modules_reuse_their_output_tensors():
     assert float(first_energy) != first[0] and not torch.equal(first_forces, first[1])
     assert float(second_energy) == pytest.approx(_call(_module(None, system), system, moved, system.box * 1.01)[0],
                                                  rel=1e-12)
+
+
+def test_result_does_not_depend_on_grid_or_capacity():
+    """Edges are put in a canonical order: a force re-sized mid-run (another grid, more slots)
+    gives the same energy and forces to the last bit."""
+    system = water_box(4, spacing=0.45)
+    fine = _capacity(system)
+    coarse = plan_capacity(len(system.positions), float(model().r_max), system.box * 10.0,
+                           system.positions * 10.0, edge_margin=0.7, box_margin=1.0)
+    assert fine.grid != coarse.grid and fine.edge_capacity != coarse.edge_capacity
+    first = _call(_module(fine, system), system)
+    second = _call(_module(coarse, system), system)
+    assert first[0] == second[0]
+    np.testing.assert_array_equal(first[1], second[1])

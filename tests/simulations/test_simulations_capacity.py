@@ -98,3 +98,20 @@ def test_watch_reports_each_kind_of_shortfall(tiny_model):
     assert "edge slots" in capacity.CapacityUse(100, 100, 1, 10, True).shortfall()
     assert "a cell holds" in capacity.CapacityUse(10, 100, 10, 10, True).shortfall()
     assert torch.is_tensor(watch.module.neighbor_stats(torch.tensor(structure.positions), torch.tensor(structure.box)))
+
+
+def test_capacities_are_sized_for_the_box_of_the_moment(tiny_model):
+    """After a barostat has shrunk the box past the grid's margin, a force re-sized for the
+    current positions and box fits them (the runner passes both)."""
+    import dataclasses
+
+    from openmm_mace_lp.simulations.openmm_setup import create_system
+    from openmm_mace_lp.simulations.structure import load_structure
+
+    config = tiny_config(tiny_model, "npt", model__neighbor_list="fixed", system__water_molecules=64)
+    structure = load_structure(config.system)
+    shrunk = dataclasses.replace(structure, positions=structure.positions * 0.6, box=structure.box * 0.6)
+    (first,) = capacity.watches_for(create_system(config, structure))
+    assert first.shortfall(shrunk.positions, shrunk.box) is not None
+    (resized,) = capacity.watches_for(create_system(config, shrunk))
+    assert resized.shortfall(shrunk.positions, shrunk.box) is None
