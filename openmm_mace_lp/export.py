@@ -69,10 +69,11 @@ class MACEForce(torch.nn.Module):
         self.edge_capacity = fixed.edge_capacity
         self.chunk_atoms = fixed.chunk_atoms()
         # Static outputs for CUDA graphs. openmm-torch 1.5 captures one graph per includeForces
-        # value and keeps the output tensors of the *last captured* graph: once a graph without
-        # forces (getState(getEnergy=True) alone) has been captured, replays of the force graph
-        # would hand OpenMM stale forces. Writing both graphs' results into these same buffers
-        # makes whichever tensor openmm-torch holds the current one. Each call overwrites them.
+        # value and keeps the output tensors of the *last captured* graph, so replays of the other
+        # graph hand OpenMM stale results: stale energies for energy-only calls (a barostat's
+        # trial moves) or stale forces for steps, depending on which graph came first. Writing
+        # both graphs' results into these same buffers makes whichever tensor openmm-torch holds
+        # the current one. Each call overwrites them.
         self.static_outputs = capacity is not None
         self.register_buffer("energy_out", torch.zeros((), dtype=dtype))
         self.register_buffer("forces_out", torch.zeros((num_atoms_total, 3), dtype=dtype))

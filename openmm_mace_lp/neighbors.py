@@ -130,8 +130,9 @@ def neighbor_list(
 # MACE step below ~3000 atoms. This variant fixes every shape when the module is exported: the cell
 # grid (cells per box vector, chosen with a margin so the box may shrink under a barostat), the
 # atoms per cell, and the number of edges. Unused edge slots are padding: self-pairs (sender =
-# receiver, spread over all atoms) with a shift longer than the cutoff, so MACE's polynomial envelope (exactly zero beyond r_max)
-# and its bias-free radial MLP give them exactly zero messages and zero force. Whether the
+# receiver, spread over all atoms) with a shift longer than the cutoff, so MACE's polynomial
+# envelope (exactly zero beyond r_max) and its bias-free radial MLP give them exactly zero
+# messages and zero force. Whether the
 # capacities held is returned as ``stats`` (edges needed, fullest cell, grid still valid), computed
 # on the device; the force module poisons its output with NaN when they did not, so an overflow is
 # never silent, and the simulation layer checks ``stats`` between report intervals to grow the
