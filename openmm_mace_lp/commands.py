@@ -26,6 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--device", default="cpu", help="device the module is built for (cpu, cuda)")
     export.add_argument("--energy", default="interaction_energy", choices=["interaction_energy", "energy"],
                         help="interaction energy (openmm-ml's default) or total energy with E0s")
+    export.add_argument("--fixed-capacity", action="store_true",
+                        help="fixed-capacity neighbour list sized from the file's positions, for "
+                             "TorchForce(path, {'useCUDAGraphs': 'true'}) (NaN if ever exceeded)")
+    export.add_argument("--margin", type=float, default=None,
+                        help="spare edge capacity with --fixed-capacity, a fraction (default 0.1)")
     export.add_argument("-o", "--output", required=True, help="output .pt file")
     export.set_defaults(func=_export)
 
@@ -38,30 +43,39 @@ def _policies(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import export_to_file, read_metadata
     from .model_files import default_model_path
-    from .potential import check_cuda
+    from .potential import check_cuda, neighbor_capacity
 
     model = default_model_path() if args.model == "default" else Path(args.model)
-    topology = read_topology(args.topology)
+    structure = read_structure(args.topology)
+    topology = structure.topology
     check_cuda(args.device)
+    if args.margin is not None and not args.fixed_capacity:
+        raise ValueError("--margin sizes the fixed-capacity neighbour list; add --fixed-capacity.")
+    capacity = None
+    if args.fixed_capacity:
+        capacity = neighbor_capacity(model, topology, None, None, structure.positions, args.margin)
     atomic_numbers = [atom.element.atomic_number for atom in topology.atoms()]
     path = export_to_file(
         model, args.policy, args.backend, atomic_numbers, output=args.output,
         periodic=topology.getPeriodicBoxVectors() is not None, device=args.device, energy_type=args.energy,
+        capacity=capacity,
     )
     meta = read_metadata(path)
+    fixed = meta.get("neighbor_capacity")
     print(f"wrote {path}: {len(atomic_numbers)} atoms, policy {meta['policy']}, backend {meta['backend']}, "
-          f"{'periodic' if meta['periodic'] else 'non-periodic'}, cutoff {meta['cutoff_angstrom']} A")
+          f"{'periodic' if meta['periodic'] else 'non-periodic'}, cutoff {meta['cutoff_angstrom']} A"
+          + (f", fixed capacity {fixed['edge_capacity']} edges (CUDA-graph capturable)" if fixed else ""))
     return 0
 
 
-def read_topology(path: str):
-    """An OpenMM Topology from a PDB or PDBx/mmCIF file, with a clear error otherwise."""
+def read_structure(path: str):
+    """An OpenMM PDBFile/PDBxFile (topology and positions), with a clear error otherwise."""
     from openmm.app import PDBFile, PDBxFile
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"Topology file {path} does not exist.")
     reader = PDBxFile if path.lower().endswith((".cif", ".pdbx")) else PDBFile
     try:
-        return reader(path).topology
+        return reader(path)
     except Exception as error:  # noqa: BLE001 - the readers raise many types
         raise ValueError(f"Cannot read {path} as {reader.__name__} ({error}); pass a PDB or PDBx file.") from None

@@ -71,3 +71,39 @@ def test_export_of_missing_topology_fails_clearly(tmp_path, capsys):
     assert main(["export", "x.model", "--topology", str(tmp_path / "none.pdb"), "-o", str(tmp_path / "o.pt")]) == 1
     assert "none.pdb does not exist" in capsys.readouterr().err
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_fixed_capacity_export_matches_the_dynamic_one(tmp_path, tmp_path_factory):
+    """--fixed-capacity sizes the list from the file's positions; the numbers do not change."""
+    import torch
+
+    path = model_file(tmp_path_factory.getbasetemp())
+    system = water_box(3)
+    pdb = tmp_path / "water.pdb"
+    with open(pdb, "w") as handle:
+        app.PDBFile.writeFile(system.topology, system.positions * 10.0 * openmm.unit.angstrom, handle)
+    outputs = {}
+    for name, extra in (("dynamic", []), ("fixed", ["--fixed-capacity", "--margin", "0.2"])):
+        outputs[name] = tmp_path / f"{name}.pt"
+        assert main(["export", str(path), "--topology", str(pdb), "--policy", "fp64", "--backend", "e3nn",
+                     *extra, "-o", str(outputs[name])]) == 0
+    assert read_metadata(outputs["dynamic"])["neighbor_capacity"] is None
+    capacity = read_metadata(outputs["fixed"])["neighbor_capacity"]
+    positions = torch.tensor(app.PDBFile(str(pdb)).getPositions(asNumpy=True)._value)
+    box = torch.tensor(system.box)
+    results = {name: [t.clone() for t in torch.jit.load(str(out))(positions, box)] for name, out in outputs.items()}
+    edges = int(torch.jit.load(str(outputs["fixed"])).neighbor_stats(positions, box)[0])
+    assert capacity["edge_capacity"] == pytest.approx(1.2 * edges + 32, abs=2)
+    assert float(results["fixed"][0]) == pytest.approx(float(results["dynamic"][0]), rel=1e-12)
+    assert torch.allclose(results["fixed"][1], results["dynamic"][1], rtol=1e-10, atol=1e-10)
+
+
+def test_margin_without_fixed_capacity_is_refused(tmp_path, tmp_path_factory, capsys):
+    path = model_file(tmp_path_factory.getbasetemp())
+    system = water_box(2)
+    pdb = tmp_path / "water.pdb"
+    with open(pdb, "w") as handle:
+        app.PDBFile.writeFile(system.topology, system.positions * 10.0 * openmm.unit.angstrom, handle)
+    assert main(["export", str(path), "--topology", str(pdb), "--margin", "0.2", "-o", str(tmp_path / "x.pt")]) == 1
+    assert "add --fixed-capacity" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
