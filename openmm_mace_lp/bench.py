@@ -95,7 +95,6 @@ def eager_reference(model_path: str, numbers, positions_nm, box_nm, device: str)
     model = model.float()
     data32 = {k: (v.float() if v.is_floating_point() else v) for k, v in data.items()}
     eager_ms = median_ms(lambda: model(data32, compute_force=True), device, repeats=10)
-    del model, data, data32
     return {"forces": forces, "eager_ms": eager_ms}
 
 

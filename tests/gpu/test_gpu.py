@@ -147,3 +147,74 @@ def test_cuda_graph_md_matches_the_uncaptured_force(tmp_path_factory):
     assert np.isfinite(results[True][0])
     assert results[True][0] == pytest.approx(results[False][0], rel=1e-5, abs=1e-2)
     assert rel_error(results[True][1], results[False][1]) <= 1e-5
+
+
+def test_energy_only_calls_after_capture_are_current(tmp_path_factory):
+    """A barostat asks for energies alone at trial positions: with graphs, in either capture
+    order, each answer must be the energy at those positions (not the previous call's)."""
+    import openmm
+    import openmm.unit as unit
+    from openmmml import MLPotential
+
+    from tests.plugin.helpers import model_file, water_box
+
+    path = model_file(tmp_path_factory.getbasetemp(), "full")
+    system = water_box(4, seed=7)
+    rng = np.random.default_rng(2)
+    trials = [system.positions + rng.normal(scale=0.005, size=system.positions.shape) for _ in range(4)]
+    potential = MLPotential("mace-lp", modelPath=str(path), policy="fp32", backend="cueq")
+    energies = {}
+    for graphs, energy_first in ((True, True), (True, False), (False, True)):
+        omm = potential.createSystem(system.topology, device="cuda", cudaGraphs=graphs, positions=system.positions)
+        context = openmm.Context(omm, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("CUDA"),
+                                 {"Precision": "mixed"})
+        context.setPositions(system.positions)
+        for _ in range(12):  # openmm-torch warms up, then captures the first graph
+            context.getState(getEnergy=True, getForces=not energy_first)
+        for _ in range(12):  # ... and then the other one
+            context.getState(getEnergy=True, getForces=energy_first)
+        values = []
+        for trial in trials:
+            context.setPositions(trial)
+            values.append(context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+        energies[(graphs, energy_first)] = np.array(values)
+    reference = energies[(False, True)]
+    assert np.ptp(reference) > 1e-3  # the trials differ
+    for key in ((True, True), (True, False)):
+        np.testing.assert_allclose(energies[key], reference, rtol=1e-6, atol=1e-3)
+
+
+def test_capacity_growth_recaptures_on_cuda(tmp_path, tmp_path_factory, monkeypatch):
+    """A run that must grow its neighbour list mid-way re-exports and re-captures on CUDA."""
+    import json
+
+    from openmm_mace_lp import capacity
+    from openmm_mace_lp.simulations import run as run_module
+    from openmm_mace_lp.simulations.config import load_config
+    from openmm_mace_lp.simulations.run import simulate
+    from tests.plugin.helpers import model_file
+
+    fired = []
+
+    class ShortOnce:
+        def __init__(self, watch):
+            self.watch = watch
+
+        def shortfall(self, positions, box):
+            if not fired:
+                fired.append(True)
+                return "forced by the test"
+            return self.watch.shortfall(positions, box)
+
+    monkeypatch.setattr(run_module, "capacity_watches",
+                        lambda system: [ShortOnce(w) for w in capacity.watches_for(system)])
+    path = model_file(tmp_path_factory.getbasetemp(), "full")
+    settings = [f'model.path="{path}"', 'model.policy="fp32"', 'model.backend="cueq"', "system.water_molecules=64",
+                'platform.name="CUDA"', 'platform.device="cuda"', "run.minimize=false", "run.equilibration_steps=20",
+                "run.production_steps=60", "output.report_interval_steps=10", "output.trajectory_interval_steps=10",
+                "output.checkpoint_interval_steps=30", "barostat.interval_steps=5", "guards.max_temperature_factor=10.0"]
+    run_dir = simulate(load_config(None, settings, ensemble="npt"), tmp_path / "run", quiet=True).run_dir
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert fired and manifest["status"] == "completed" and manifest["capacity_growths"] == 1
+    rows = (run_dir / "state.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(10, 61, 10))

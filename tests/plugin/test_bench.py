@@ -1,0 +1,25 @@
+"""`mace-lp bench --smoke`: the harness's CPU dry run writes every column the GPU run needs."""
+from __future__ import annotations
+
+import json
+
+from openmm_mace_lp.cli import main
+
+
+def test_bench_smoke_run_writes_rows_with_anchor_and_force_error(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--smoke", "--atoms", "192", "--policies", "fp32,bf16", "--backends", "e3nn",
+                 "--seconds", "0.2", "-o", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {"card", "driver", "versions", "rows"} <= set(report)
+    anchor, fp32, bf16 = report["rows"]
+    assert anchor["backend"] == "openmm-ml-1.8" and "error" not in anchor
+    for row in (fp32, bf16):
+        assert {"atoms", "backend", "policy", "ms_per_step", "ns_per_day", "anchor_ms_per_step",
+                "speedup_vs_anchor", "first_call_s", "peak_gib"} <= set(row)
+        assert row["atoms"] == 192 and row["speedup_vs_anchor"] == anchor["ms_per_step"] / row["ms_per_step"]
+    # Forces against mace's eager float64 model at the same positions: fp32 agrees to roundoff,
+    # bf16 linears differ by about their unit roundoff (2**-8).
+    assert fp32["force_rel_err_vs_fp64_eager"] < 1e-5
+    assert 1e-4 < bf16["force_rel_err_vs_fp64_eager"] < 20 * 2**-8
+    assert "| 192 | e3nn | bf16 |" in out.with_suffix(".md").read_text()
