@@ -14,6 +14,13 @@ from openmm_mace_lp.policy import POLICIES
 from .helpers import model_file, openmm_state, water_box
 
 
+def _write_pdb(tmp_path, system):
+    pdb = tmp_path / "water.pdb"
+    with open(pdb, "w") as handle:
+        app.PDBFile.writeFile(system.topology, system.positions * 10.0 * openmm.unit.angstrom, handle)
+    return pdb
+
+
 def test_policies_lists_every_policy(capsys):
     assert main(["policies"]) == 0
     out = capsys.readouterr().out
@@ -24,9 +31,7 @@ def test_policies_lists_every_policy(capsys):
 def test_exported_file_runs_in_plain_openmm_torch(tmp_path, tmp_path_factory):
     path = model_file(tmp_path_factory.getbasetemp())
     system = water_box(2)
-    pdb = tmp_path / "water.pdb"
-    with open(pdb, "w") as handle:
-        app.PDBFile.writeFile(system.topology, system.positions * 10.0 * openmm.unit.angstrom, handle)
+    pdb = _write_pdb(tmp_path, system)
     output = tmp_path / "water-fp64.pt"
     assert main(["export", str(path), "--topology", str(pdb), "--policy", "fp64", "--backend", "e3nn",
                  "-o", str(output)]) == 0
@@ -79,9 +84,7 @@ def test_fixed_capacity_export_matches_the_dynamic_one(tmp_path, tmp_path_factor
 
     path = model_file(tmp_path_factory.getbasetemp())
     system = water_box(3)
-    pdb = tmp_path / "water.pdb"
-    with open(pdb, "w") as handle:
-        app.PDBFile.writeFile(system.topology, system.positions * 10.0 * openmm.unit.angstrom, handle)
+    pdb = _write_pdb(tmp_path, system)
     outputs = {}
     for name, extra in (("dynamic", []), ("fixed", ["--fixed-capacity", "--margin", "0.2"])):
         outputs[name] = tmp_path / f"{name}.pt"
@@ -101,9 +104,7 @@ def test_fixed_capacity_export_matches_the_dynamic_one(tmp_path, tmp_path_factor
 def test_margin_without_fixed_capacity_is_refused(tmp_path, tmp_path_factory, capsys):
     path = model_file(tmp_path_factory.getbasetemp())
     system = water_box(2)
-    pdb = tmp_path / "water.pdb"
-    with open(pdb, "w") as handle:
-        app.PDBFile.writeFile(system.topology, system.positions * 10.0 * openmm.unit.angstrom, handle)
+    pdb = _write_pdb(tmp_path, system)
     assert main(["export", str(path), "--topology", str(pdb), "--margin", "0.2", "-o", str(tmp_path / "x.pt")]) == 1
     assert "add --fixed-capacity" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
