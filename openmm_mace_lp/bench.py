@@ -162,17 +162,13 @@ def run_md(system, structure, settings: BenchSettings, started: float) -> Dict[s
             "peak_gib": peak, "energy_kJ_mol": state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)}
 
 
-def exported_module_path(model_path: str, structure, backend: str, policy: str, graphs: bool) -> str:
-    """The module file the row's TorchForce runs: the same export call, answered by the cache
+def exported_module_path(system) -> str:
+    """The module file behind the row's TorchForce, as the plug-in recorded it on the System
     (OpenMM hands back a TorchForce from a System only as a plain Force)."""
-    from .export import export_to_file
-    from .potential import neighbor_capacity
+    from .capacity import EXPORTS_ATTRIBUTE
 
-    numbers = [a.element.atomic_number for a in structure.topology.atoms()]
-    capacity = None
-    if graphs:
-        capacity = neighbor_capacity(model_path, structure.topology, None, None, structure.positions, None)
-    return str(export_to_file(model_path, policy, backend, numbers, periodic=True, device="cuda", capacity=capacity))
+    (record,) = getattr(system, EXPORTS_ATTRIBUTE)
+    return record["path"]
 
 
 def module_timings(module_path: str, structure, device: str) -> Dict[str, float]:
@@ -234,8 +230,7 @@ def bench_row(settings: BenchSettings, model_path: str, structure, backend: str,
     row["force_rel_err_vs_fp64_eager"] = force_error(forces, reference)
     row["ns_per_day"] = settings.dt_fs * 1e-6 * 86400 / (row["ms_per_step"] / 1000)
     if settings.device == "cuda":
-        module_path = exported_module_path(model_path, structure, backend, policy, graphs)
-        row.update(module_timings(module_path, structure, settings.device))
+        row.update(module_timings(exported_module_path(system), structure, settings.device))
     row["eager_mace_ms"] = float("nan") if reference is None else reference["eager_ms"]
     if anchor is not None:
         row["anchor_ms_per_step"] = anchor["ms_per_step"]

@@ -38,7 +38,7 @@ class MACEForce(torch.nn.Module):
     With a ``capacity`` the neighbour list has fixed shapes and the call never waits for the
     device, so openmm-torch can capture it in a CUDA graph; if a capacity is exceeded the energy
     and forces are NaN (never silently wrong), and ``neighbor_stats`` tells by how much. Such a
-    module returns the same two output tensors from every call (see ``static_outputs``).
+    module returns the same two output tensors from every call (see ``energy_out``).
     """
 
     def __init__(self, model: torch.nn.Module, node_attrs: torch.Tensor, atom_indices: Optional[torch.Tensor],
@@ -73,8 +73,7 @@ class MACEForce(torch.nn.Module):
         # graph hand OpenMM stale results: stale energies for energy-only calls (a barostat's
         # trial moves) or stale forces for steps, depending on which graph came first. Writing
         # both graphs' results into these same buffers makes whichever tensor openmm-torch holds
-        # the current one. Each call overwrites them.
-        self.static_outputs = capacity is not None
+        # the current one. Each call overwrites them (only in the fixed-capacity, graph mode).
         self.register_buffer("energy_out", torch.zeros((), dtype=dtype))
         self.register_buffer("forces_out", torch.zeros((num_atoms_total, 3), dtype=dtype))
 
@@ -135,7 +134,7 @@ class MACEForce(torch.nn.Module):
         if self.use_subset:
             full = torch.zeros((self.num_atoms_total, 3), dtype=forces.dtype, device=forces.device)
             forces = full.index_copy(0, self.atom_indices, forces)
-        if self.static_outputs:
+        if self.padded:
             self.energy_out.copy_(energy)
             self.forces_out.copy_(forces)
             return self.energy_out, self.forces_out

@@ -173,15 +173,19 @@ class _CapacityTask:
         self.interval = interval
         self.periodic = periodic
 
-    def report(self, simulation, state, step: int) -> None:
+    def shortfall(self, state) -> tuple[str | None, np.ndarray, np.ndarray | None]:
+        """(why a capacity must grow or None, positions nm, box nm) of this state."""
         from openmm import unit
 
-        positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        positions = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
         box = np.array(state.getPeriodicBoxVectors().value_in_unit(unit.nanometer)) if self.periodic else None
-        for watch in self.watches:
-            reason = watch.shortfall(positions, box)
-            if reason is not None:
-                raise _GrowCapacity(step, reason, np.asarray(positions), box)
+        reasons = (watch.shortfall(positions, box) for watch in self.watches)
+        return next((reason for reason in reasons if reason is not None), None), positions, box
+
+    def report(self, simulation, state, step: int) -> None:
+        reason, positions, box = self.shortfall(state)
+        if reason is not None:
+            raise _GrowCapacity(step, reason, positions, box)
 
 
 @dataclass
@@ -413,23 +417,19 @@ class _Runner:
         self.simulation.context.loadCheckpoint(saved)
         self.simulation.reporters = reporters
         self.capacity_watches = capacity_watches(self.system)
-        for task in self.tasks:
-            if isinstance(task, _CapacityTask):
-                task.watches = self.capacity_watches
+        (capacity_task,) = [task for task in self.tasks if isinstance(task, _CapacityTask)]
+        capacity_task.watches = self.capacity_watches
         self.manifest["capacity_growths"] = int(self.manifest.get("capacity_growths", 0)) + 1
         write_manifest(self.run_dir, self.manifest)
         logger.info("%s step %d: %s; neighbour capacities re-sized for the current positions and the "
                     "force re-exported in %.1f s", phase.name, grow.step, grow.reason, time.perf_counter() - t0)
         state = self.simulation.context.getState(getPositions=True, getVelocities=True, getEnergy=True,
                                                  getForces=True, enforcePeriodicBox=False)
-        positions = state.getPositions(asNumpy=True)._value
-        box = np.array(state.getPeriodicBoxVectors()._value) if self.periodic else None
-        for watch in self.capacity_watches:
-            reason = watch.shortfall(positions, box)
-            if reason is not None:
-                raise RuntimeError(f"{phase.name} step {grow.step}: the neighbour list re-sized for the "
-                                   f"current positions is still short ({reason}); set model.neighbor_list "
-                                   f"= \"dynamic\" (no CUDA graphs) for this system.")
+        reason, _, _ = capacity_task.shortfall(state)
+        if reason is not None:
+            raise RuntimeError(f"{phase.name} step {grow.step}: the neighbour list re-sized for the "
+                               f"current positions is still short ({reason}); set model.neighbor_list "
+                               f"= \"dynamic\" (no CUDA graphs) for this system.")
         # The other tasks have not seen this step yet (guard, CSV row, frame, checkpoint).
         for task in reporters[0].tasks:
             if not isinstance(task, _CapacityTask) and (task.interval == 0 or grow.step % task.interval == 0):
