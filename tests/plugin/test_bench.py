@@ -23,3 +23,20 @@ def test_bench_smoke_run_writes_rows_with_anchor_and_force_error(tmp_path):
     assert fp32["force_rel_err_vs_fp64_eager"] < 1e-5
     assert 1e-4 < bf16["force_rel_err_vs_fp64_eager"] < 20 * 2**-8
     assert "| 192 | e3nn | bf16 |" in out.with_suffix(".md").read_text()
+
+
+def test_bench_finds_the_module_behind_a_system(tmp_path_factory):
+    """The GPU columns profile the very file the TorchForce runs, as the plug-in recorded it."""
+    from openmmml import MLPotential
+
+    from openmm_mace_lp.bench import exported_module_path
+    from openmm_mace_lp.export import read_metadata
+
+    from .helpers import model_file, water_box
+
+    system = water_box(2)
+    omm = MLPotential("mace-lp", modelPath=str(model_file(tmp_path_factory.getbasetemp())), policy="bf16",
+                      backend="e3nn").createSystem(system.topology, device="cpu", fixedNeighborList=True,
+                                                   positions=system.positions)
+    meta = read_metadata(exported_module_path(omm))
+    assert meta["policy"] == "bf16" and meta["neighbor_capacity"]["edge_capacity"] > 0
