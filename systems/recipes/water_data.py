@@ -180,7 +180,12 @@ def read_blocks(path: Path) -> list[str]:
     """Complete frames (as text) of an extxyz file; a torn final frame is ignored."""
     if not path.exists():
         return []
-    lines = path.read_text().splitlines(keepends=True)
+    return blocks_from_text(path.read_text())
+
+
+def blocks_from_text(text: str) -> list[str]:
+    """Complete frames of extxyz text; a torn final frame is ignored."""
+    lines = text.splitlines(keepends=True)
     blocks, i = [], 0
     while i < len(lines):
         try:
