@@ -6,6 +6,15 @@
    (rigid molecules, centres scaled with the box), fp64 through the exported module.
 3. A short NPT run of the 192-atom box on OpenMM's CPU platform (dynamic neighbour list, no CUDA
    graphs), barostat every 5 steps: which way the density goes.
+4. Mean signed energy error per config type of the test split: a model whose errors differ by
+   environment (dense liquid against expanded boxes or small clusters) moves the balance a
+   barostat samples even when its RMSEs look fine.
+5. One 64-water test box scaled with rigid molecules from 1.0 down to 0.5 g/cm^3: the model's
+   energy against GFN2-xTB's, both relative to 1.0 g/cm^3.
+6. Close contacts of a water dimer (O-H...O and H...H head-on) against GFN2-xTB: a repulsive
+   wall that turns over is a hole MD falls into.
+
+Sections 5 and 6 label with GFN2-xTB on the fly (tblite, about a minute on 2 cores).
 
     python benchmarks/model_density.py -o benchmarks/results/model_density_cpu.json
 """
@@ -21,6 +30,8 @@ import numpy as np
 GPA_PER_EV_A3 = 160.21766208
 DENSITY_BINS = ((0.80, 0.95), (0.95, 1.05), (1.05, 1.30))
 SCALES = (0.94, 0.97, 1.00, 1.03, 1.06, 1.10)
+EXPANSION_DENSITIES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+CONTACT_DISTANCES = {"O-H...O": (3.2, 2.8, 2.4, 2.0, 1.7, 1.5, 1.3, 1.1), "H...H": (2.0, 1.6, 1.2, 1.0, 0.8, 0.6, 0.4)}
 
 
 def pressure_table(model_path: Path, frames_path: Path, max_frames: int) -> list:
@@ -73,6 +84,88 @@ def energy_scan(model_path: Path) -> list:
     return rows
 
 
+def mean_errors_by_type(model_path: Path, frames_path: Path) -> list:
+    from mace.calculators import MACECalculator
+
+    from openmm_mace_lp.systems.extxyz import read_frames
+
+    calculator = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
+    errors: dict[str, list] = {}
+    for atoms in read_frames(frames_path):
+        kind = atoms.info.get("config_type", "Default")
+        if kind == "IsolatedAtom":
+            continue
+        probe = atoms.copy()
+        probe.calc = calculator
+        errors.setdefault(kind, []).append(1e3 * (probe.get_potential_energy() - atoms.info["REF_energy"]) / len(atoms))
+    return [{"config_type": kind, "frames": len(values), "mean_meV_per_atom": float(np.mean(values)),
+             "sd_meV_per_atom": float(np.std(values))} for kind, values in sorted(errors.items())]
+
+
+def _gfn2_energy(atoms) -> float:
+    from tblite.ase import TBLite
+
+    probe = atoms.copy()
+    probe.calc = TBLite(method="GFN2-xTB", electronic_temperature=300.0, verbosity=0)
+    return float(probe.get_potential_energy())
+
+
+def _model_energy(calculator, atoms) -> float:
+    probe = atoms.copy()
+    probe.calc = calculator
+    return float(probe.get_potential_energy())
+
+
+def rigid_expansion_scan(model_path: Path, frames_path: Path) -> list:
+    from mace.calculators import MACECalculator
+
+    from openmm_mace_lp.systems.extxyz import read_frames
+
+    box = next(a for a in read_frames(frames_path) if a.info.get("config_type") == "md_periodic" and len(a) == 192)
+    calculator = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
+    density0 = box.get_masses().sum() / box.get_volume() * 1.66053906660
+    molecules = box.get_positions().reshape(-1, 3, 3)
+    rows = []
+    for density in EXPANSION_DENSITIES:
+        scale = (density0 / density) ** (1 / 3)
+        probe = box.copy()
+        probe.set_positions((molecules[:, :1] * scale + (molecules - molecules[:, :1])).reshape(-1, 3))
+        probe.set_cell(box.cell * scale, scale_atoms=False)
+        rows.append({"density_g_cm3": density, "gfn2_eV": _gfn2_energy(probe), "model_eV": _model_energy(calculator, probe)})
+    for key in ("gfn2_eV", "model_eV"):
+        reference = rows[0][key]
+        for row in rows:
+            row[key.replace("_eV", "_relative_eV")] = row[key] - reference
+    return rows
+
+
+def _dimer(distance: float, contact: str):
+    from ase import Atoms
+
+    donor = [[0.0, 0.0, 0.0], [-0.24, 0.93, 0.0], [0.96, 0.0, 0.0]]  # O, H, H (the last H points along +x)
+    if contact == "O-H...O":  # the acceptor's O at `distance` from the donor's O
+        acceptor = [[distance, 0.0, 0.0], [distance + 0.3, 0.5, 0.7], [distance + 0.3, 0.5, -0.7]]
+    else:  # "H...H": the acceptor's H at `distance` from the donor's H, head-on
+        acceptor = [[0.96 + distance + 0.96, 0.0, 0.0], [0.96 + distance, 0.0, 0.0], [0.96 + distance + 1.2, 0.93, 0.0]]
+    return Atoms("OHHOHH", positions=donor + acceptor)
+
+
+def close_contact_scan(model_path: Path) -> list:
+    from mace.calculators import MACECalculator
+
+    calculator = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
+    rows = []
+    for contact, distances in CONTACT_DISTANCES.items():
+        reference = None
+        for distance in distances:
+            dimer = _dimer(distance, contact)
+            energies = (_gfn2_energy(dimer), _model_energy(calculator, dimer))
+            reference = reference or energies
+            rows.append({"contact": contact, "distance_A": distance,
+                         "gfn2_relative_eV": energies[0] - reference[0], "model_relative_eV": energies[1] - reference[1]})
+    return rows
+
+
 def short_npt(model_path: Path, steps: int, report_every: int) -> list:
     import openmm
     import openmm.unit as unit
@@ -103,7 +196,7 @@ def short_npt(model_path: Path, steps: int, report_every: int) -> list:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"Model `{report['model']}`; CPU (2 cores); {report['test_frames']} (see benchmarks/model_density.py).", "",
+    lines = [f"Model `{report['model']}` (SHA-256 {report['model_sha256'][:16]}); CPU (2 cores); {report['test_frames']} (see benchmarks/model_density.py).", "",
              "## 1. Virial pressure of the periodic test frames (static, no kinetic term)", "",
              "| density g/cm3 | frames | GFN2-xTB GPa | model GPa | rms difference GPa |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r['density_low']:.2f}-{r['density_high']:.2f} | {r['frames']} | {r['gfn2_virial_GPa']:+.2f} | "
@@ -115,6 +208,18 @@ def markdown(report: dict) -> str:
         lines += ["", "## 3. NPT, 192 atoms, CPU platform, 300 K, 1 bar, barostat every 5 steps, 0.5 fs", "",
                   "| step | density g/cm3 | potential kJ/mol |", "| --- | --- | --- |"]
         lines += [f"| {r['step']} | {r['density_g_cm3']:.4f} | {r['potential_kJ_mol']:.1f} |" for r in report["npt"]]
+    lines += ["", "## 4. Mean signed energy error by config type (test split, float64)", "",
+              "| config_type | frames | mean meV/atom | sd meV/atom |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['config_type']} | {r['frames']} | {r['mean_meV_per_atom']:+.2f} | {r['sd_meV_per_atom']:.2f} |"
+              for r in report["mean_errors"]]
+    lines += ["", "## 5. One 64-water test box, rigid molecules, centres scaled (eV relative to 1.0 g/cm3)", "",
+              "| density g/cm3 | GFN2-xTB | model |", "| --- | --- | --- |"]
+    lines += [f"| {r['density_g_cm3']:.1f} | {r['gfn2_relative_eV']:+.3f} | {r['model_relative_eV']:+.3f} |"
+              for r in report["expansion"]]
+    lines += ["", "## 6. Water dimer close contacts (eV relative to the first distance)", "",
+              "| contact | distance A | GFN2-xTB | model |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['contact']} | {r['distance_A']:.2f} | {r['gfn2_relative_eV']:+.3f} | {r['model_relative_eV']:+.3f} |"
+              for r in report["contacts"]]
     return "\n".join(lines) + "\n"
 
 
@@ -134,11 +239,16 @@ def main(argv=None) -> int:
 
     model_path = default_model_path() if args.model == "default" else Path(args.model)
     frames = Path(args.frames) if args.frames else Path(__file__).resolve().parents[1] / "systems/data/water_gfn2_test.extxyz.xz"
-    report = {"card": "cpu", "model": model_path.name,
+    from openmm_mace_lp.model_files import sha256_of
+
+    report = {"card": "cpu", "model": model_path.name, "model_sha256": sha256_of(model_path),
               "test_frames": f"first {args.max_frames} periodic frames of {frames.name}",
               "pressure": pressure_table(model_path, frames, args.max_frames),
               "energy_scan": energy_scan(model_path),
-              "npt": short_npt(model_path, args.npt_steps, 50) if args.npt_steps > 0 else []}
+              "npt": short_npt(model_path, args.npt_steps, 50) if args.npt_steps > 0 else [],
+              "mean_errors": mean_errors_by_type(model_path, frames),
+              "expansion": rigid_expansion_scan(model_path, frames),
+              "contacts": close_contact_scan(model_path)}
     out = Path(args.out)
     atomic_write_text(out, json.dumps(report, indent=1))
     atomic_write_text(out.with_suffix(".md"), markdown(report))

@@ -17,7 +17,10 @@ from typing import Iterator, List, Optional
 
 import torch
 
-BACKENDS = ("auto", "cueq", "e3nn")
+# "cueq-fused": cuEquivariance with each interaction's gather -> tensor product -> scatter in one
+# indexed SegmentedPolynomial call (fused_conv.py); opt-in until it is measured on a GPU.
+BACKENDS = ("auto", "cueq", "cueq-fused", "e3nn")
+CUEQ_BACKENDS = ("cueq", "cueq-fused")
 
 
 def cueq_kernels_available() -> bool:
@@ -38,9 +41,9 @@ def resolve_backend(name: str, device: torch.device) -> str:
         raise ValueError(f"Unknown backend {name!r}. Valid backends: {', '.join(BACKENDS)}.")
     if name == "auto":
         return "cueq" if device.type == "cuda" and cueq_kernels_available() else "e3nn"
-    if name == "cueq" and importlib.util.find_spec("cuequivariance_torch") is None:
+    if name in CUEQ_BACKENDS and importlib.util.find_spec("cuequivariance_torch") is None:
         raise ValueError(
-            "backend='cueq' needs cuequivariance-torch (pip install cuequivariance-torch==0.13.0, "
+            f"backend={name!r} needs cuequivariance-torch (pip install cuequivariance-torch==0.13.0, "
             "plus cuequivariance-ops-torch-cu12/cu13 for the CUDA kernels), or use backend='e3nn'."
         )
     return name

@@ -20,7 +20,8 @@ import torch
 
 from . import __version__
 from .atomic import atomic_path
-from .backend import convert_to_cueq, make_scriptable, model_layout, resolve_backend
+from .backend import CUEQ_BACKENDS, convert_to_cueq, make_scriptable, model_layout, resolve_backend
+from .fused_conv import fuse_convolutions
 from .linears import apply_policy_layers
 from .neighbors import NeighborCapacity, neighbor_list, padded_neighbor_list
 from .policy import Policy, get_policy
@@ -195,9 +196,11 @@ def check_elements(model: torch.nn.Module, atomic_numbers: Sequence[int]) -> Lis
 def prepare_model(model: torch.nn.Module, policy: Policy, backend: str) -> Tuple[torch.nn.Module, Dict[str, int]]:
     """model -> policy dtype -> backend conversion -> scriptable stand-ins -> policy layers."""
     prepared = copy.deepcopy(model).to(policy.model_dtype)
-    if backend == "cueq":
+    if backend in CUEQ_BACKENDS:
         prepared = convert_to_cueq(prepared)
     prepared = make_scriptable(prepared)
+    if backend == "cueq-fused":
+        fuse_convolutions(prepared)
     counts = apply_policy_layers(prepared, policy.matmul_mode, policy.model_dtype, model_layout(prepared))
     for parameter in prepared.parameters():
         parameter.requires_grad_(False)

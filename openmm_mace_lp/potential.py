@@ -101,7 +101,7 @@ class MACELPPotentialImpl(MLPotentialImpl):
 
     Keyword arguments of ``MLPotential``: ``modelPath`` (a MACE .model file; required for
     ``mace-lp`` unless the embedded water model is wanted), ``policy`` (fp64, fp32, tf32, bf16,
-    fp16; default fp32), ``backend`` (auto, cueq, e3nn). Keyword arguments of ``createSystem``:
+    fp16; default fp32), ``backend`` (auto, cueq, cueq-fused, e3nn). Keyword arguments of ``createSystem``:
     ``device`` ('cuda' or 'cpu'; default: cuda if available), ``returnEnergyType``
     ('interaction_energy', the default as in openmm-ml, or 'energy' including E0s),
     ``platform`` (name of the OpenMM platform you will use, checked for known crashes),

@@ -358,8 +358,9 @@ def model_card(hp: dict, errors: dict, manifest: dict | None, command: list[str]
         "the data.",
         "- **Does not hold the liquid's density under NPT.** 1029 atoms, 300 K, 1 bar, 0.5 fs on an H200: the box "
         "expanded from 0.99 to 0.73 g/cm^3 in the 2 ps of equilibration and on to 0.25 g/cm^3 (a foam of intact, "
-        "H-bonded molecules) within 25 ps, with or without CUDA graphs and the fixed-capacity neighbour list; "
-        "NVT runs and the precision comparisons at fixed density are unaffected. "
+        "H-bonded molecules) within 25 ps, then blew up; without CUDA graphs and with the dynamic neighbour list "
+        "it expanded the same way (checked over 1.5 ps). Its energies are biased by environment and its "
+        "short-range wall turns over (`benchmarks/results/model_density_cpu.md`). "
         "See `benchmarks/results/npt_water1029_h200_session3.md`.",
         "",
     ]

@@ -33,14 +33,14 @@ def test_native_low_precision_matmul_matches_its_emulation(low):
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("backend", ["cueq", "e3nn"])
+@pytest.mark.parametrize("backend", ["cueq", "cueq-fused", "e3nn"])
 @pytest.mark.parametrize("policy", ["fp64", "fp32", "tf32", "bf16"])
 def test_cuda_module_matches_cpu_float64(backend, policy):
     from openmm_mace_lp.backend import cueq_kernels_available
     from openmm_mace_lp.export import build_force_module
     from tests.plugin.helpers import evaluate, model, rel_error, water_box
 
-    if backend == "cueq" and not cueq_kernels_available():
+    if backend.startswith("cueq") and not cueq_kernels_available():
         pytest.fail("cuequivariance_ops_torch does not import on this GPU machine")
     system = water_box(3, seed=2)
     _, reference = evaluate(system, "fp64", "e3nn", arch_name="full")
@@ -83,13 +83,14 @@ def _padded_module(system, policy="fp32", backend="cueq"):
                               device="cuda", capacity=capacity)
 
 
+@pytest.mark.parametrize("backend", ["cueq", "cueq-fused"])
 @pytest.mark.parametrize("policy", ["fp32", "bf16"])
-def test_padded_module_captures_in_a_cuda_graph(policy):
+def test_padded_module_captures_in_a_cuda_graph(policy, backend):
     """The fixed-capacity module records into a CUDA graph and replays new positions exactly."""
     from tests.plugin.helpers import water_box
 
     system = water_box(4, seed=5)
-    module = _padded_module(system, policy)
+    module = _padded_module(system, policy, backend)
     box = torch.tensor(system.box, device="cuda", dtype=torch.float32)
     static_pos = torch.tensor(system.positions, device="cuda", dtype=torch.float32)
     stream = torch.cuda.Stream()

@@ -21,7 +21,7 @@ def test_unknown_policy_and_backend(tmp_path_factory):
     path = str(model_file(tmp_path_factory.getbasetemp()))
     with pytest.raises(ValueError, match=r"Unknown precision policy 'int8'.*fp64, fp32, tf32, bf16, fp16"):
         MLPotential("mace-lp", modelPath=path, policy="int8")
-    with pytest.raises(ValueError, match=r"Unknown backend 'triton'.*auto, cueq, e3nn"):
+    with pytest.raises(ValueError, match=r"Unknown backend 'triton'.*auto, cueq, cueq-fused, e3nn"):
         MLPotential("mace-lp", modelPath=path, backend="triton")
 
 
