@@ -103,10 +103,11 @@ def mean_errors_by_type(model_path: Path, frames_path: Path) -> list:
 
 
 def _gfn2_energy(atoms) -> float:
-    from tblite.ase import TBLite
+    """GFN2-xTB with the settings that labelled the training data."""
+    from openmm_mace_lp.systems.recipes.water_data import Settings, make_calculator
 
     probe = atoms.copy()
-    probe.calc = TBLite(method="GFN2-xTB", electronic_temperature=300.0, verbosity=0)
+    probe.calc = make_calculator(Settings())
     return float(probe.get_potential_energy())
 
 

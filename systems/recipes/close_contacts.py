@@ -28,14 +28,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import lzma
 import time
 from pathlib import Path
 
 import numpy as np
 
-from openmm_mace_lp.atomic import atomic_write_bytes
-from openmm_mace_lp.systems.recipes.low_density import SPLITS, _header_value, _read_split
+from openmm_mace_lp.systems.recipes.low_density import SPLITS, _header_value, read_set_without, write_set
 from openmm_mace_lp.systems.recipes.water_data import (
     DATA_DIR, PREFIX, Settings, _append_block, _frame_id, format_frame, label_atoms, read_blocks)
 
@@ -126,10 +124,7 @@ def _label(block: str) -> str:
 
 
 def extend(data_dir: Path, workdir: Path, seed: int, prefix: str = PREFIX) -> dict:
-    blocks = {split: _read_split(data_dir / f"{prefix}_{split}.extxyz.xz") for split in SPLITS}
-    if any(f"config_type={CONFIG_TYPE}" in block for b in blocks.values() for block in b):
-        raise SystemExit(f"{data_dir} already holds {CONFIG_TYPE} frames: start from the set before this "
-                         f"stage (git checkout the split files) to rebuild it")
+    blocks = read_set_without(data_dir, prefix, (CONFIG_TYPE,))
     workdir.mkdir(parents=True, exist_ok=True)
     labels = workdir / "labels.extxyz"
     done = {_frame_id(b): b for b in read_blocks(labels)}
@@ -147,16 +142,10 @@ def extend(data_dir: Path, workdir: Path, seed: int, prefix: str = PREFIX) -> di
         counts[split]["kept" if keep else "dropped"] += 1
         if keep:
             blocks[split].append(labelled)
-    for split in SPLITS:
-        data = lzma.compress("".join(blocks[split]).encode(), preset=9 | lzma.PRESET_EXTREME)
-        atomic_write_bytes(data_dir / f"{prefix}_{split}.extxyz.xz", data)
-    manifest_path = data_dir / f"{prefix}_manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["close_contact_stage"] = dict(
+    write_set(data_dir, prefix, blocks, "close_contact_stage", dict(
         recipe="openmm_mace_lp.systems.recipes.close_contacts", seed=seed,
         contacts={k: v[2] for k, v in CONTACTS.items()}, max_interaction_eV=MAX_INTERACTION_EV,
-        frames=counts, label_seconds=round(time.time() - start, 1))
-    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1, default=str).encode())
+        frames=counts, label_seconds=round(time.time() - start, 1)))
     print(json.dumps(counts), flush=True)
     return counts
 

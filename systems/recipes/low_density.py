@@ -44,9 +44,29 @@ CAVITY_FRACTION = (0.20, 0.40)
 SEED = 20261128
 
 
-def _read_split(path: Path) -> list[str]:
+def read_split(path: Path) -> list[str]:
     with lzma.open(path, "rt") as handle:
         return blocks_from_text(handle.read())
+
+
+def read_set_without(data_dir: Path, prefix: str, config_types: tuple[str, ...]) -> dict[str, list[str]]:
+    """The split files' frames, refused when a stage already added frames of these types."""
+    blocks = {split: read_split(data_dir / f"{prefix}_{split}.extxyz.xz") for split in SPLITS}
+    if any(f"config_type={kind}" in block for kind in config_types for b in blocks.values() for block in b):
+        raise SystemExit(f"{data_dir} already holds {'/'.join(config_types)} frames: start from the set before "
+                         f"this stage (git checkout the split files) to rebuild it")
+    return blocks
+
+
+def write_set(data_dir: Path, prefix: str, blocks: dict[str, list[str]], stage: str, record: dict) -> None:
+    """Split files and the manifest's entry for this stage, each written atomically."""
+    for split in SPLITS:
+        data = lzma.compress("".join(blocks[split]).encode(), preset=9 | lzma.PRESET_EXTREME)
+        atomic_write_bytes(data_dir / f"{prefix}_{split}.extxyz.xz", data)
+    manifest_path = data_dir / f"{prefix}_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest[stage] = record
+    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1, default=str).encode())
 
 
 def _header_value(block: str, key: str) -> str:
@@ -154,10 +174,7 @@ def label_all(frames: list[tuple[str, str]], labels: Path, workers: int) -> dict
 
 
 def extend(data_dir: Path, workdir: Path, workers: int, seed: int, prefix: str = PREFIX) -> dict:
-    blocks = {split: _read_split(data_dir / f"{prefix}_{split}.extxyz.xz") for split in SPLITS}
-    if any(f"config_type={kind}" in block for kind in CONFIG_TYPES for b in blocks.values() for block in b):
-        raise SystemExit(f"{data_dir} already holds {'/'.join(CONFIG_TYPES)} frames: start from the "
-                         f"set before this stage (git checkout the split files) to rebuild it")
+    blocks = read_set_without(data_dir, prefix, CONFIG_TYPES)
     workdir.mkdir(parents=True, exist_ok=True)
     frames = new_frames(blocks, seed)
     start = time.time()
@@ -167,18 +184,12 @@ def extend(data_dir: Path, workdir: Path, workers: int, seed: int, prefix: str =
         blocks[split].append(labelled[_frame_id(block)])
         kind = _header_value(block, "config_type")
         counts[split][kind] = counts[split].get(kind, 0) + 1
-    for split in SPLITS:
-        data = lzma.compress("".join(blocks[split]).encode(), preset=9 | lzma.PRESET_EXTREME)
-        atomic_write_bytes(data_dir / f"{prefix}_{split}.extxyz.xz", data)
-    manifest_path = data_dir / f"{prefix}_manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["low_density_stage"] = dict(
+    write_set(data_dir, prefix, blocks, "low_density_stage", dict(
         recipe="openmm_mace_lp.systems.recipes.low_density", seed=seed,
         expanded_densities_g_cm3=EXPANDED_DENSITIES, cavity_fraction=CAVITY_FRACTION,
         frames_added=counts, label_seconds=round(time.time() - start, 1),
         why="models trained on 0.90-1.10 g/cm3 boxes only under-bound the liquid below 0.9 g/cm3 and "
-            "expanded without limit under NPT")
-    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1, default=str).encode())
+            "expanded without limit under NPT"))
     print(json.dumps(counts), flush=True)
     return counts
 

@@ -62,7 +62,7 @@ on an H200 ran at ~8 s/epoch in float64 (two sharing the card: ~16 s/epoch each)
 default 24 epochs (~2400 optimiser steps) take ~4.5 min.  Raise ``--epochs`` for a better
 model if time allows.
 
-Stage two starts at epoch 20 (not at the usual 75 %): in a trial on a partial data set
+Stage two starts at 55 % of the epochs (not the usual 75 %): in a trial on a partial data set
 (H200, 35 epochs, stage two from 27) the validation energy RMSE fell from 22 to 5 meV/atom
 in the 8 stage-two epochs while the force RMSE stayed at ~47 meV/A, so energies need the
 longer stage two more than forces need the longer stage one.

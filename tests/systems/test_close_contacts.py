@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from openmm_mace_lp.systems.recipes import close_contacts as C
-from openmm_mace_lp.systems.recipes.low_density import _header_value, _read_split
+from openmm_mace_lp.systems.recipes.low_density import _header_value, read_split
 from openmm_mace_lp.systems.recipes.water_data import _frame_id
 
 DATA = Path(C.DATA_DIR)
@@ -36,7 +36,7 @@ def test_contact_pair_is_the_closest_at_the_drawn_distance(contact):
 
 
 def _blocks() -> dict[str, list[str]]:
-    return {split: [b for b in _read_split(DATA / f"water_gfn2_{split}.extxyz.xz") if C.CONFIG_TYPE not in b]
+    return {split: [b for b in read_split(DATA / f"water_gfn2_{split}.extxyz.xz") if C.CONFIG_TYPE not in b]
             for split in C.SPLITS}
 
 
@@ -67,7 +67,7 @@ def test_stage_labels_keeps_the_wall_and_refuses_a_second_run(tmp_path):
     assert sum(c["kept"] + c["dropped"] for c in counts.values()) == 3 * C.FRAMES_PER_TRAJECTORY
     manifest = json.loads((tmp_path / "water_gfn2_manifest.json").read_text())
     assert manifest["close_contact_stage"]["frames"] == counts
-    labelled = [b for split in C.SPLITS for b in _read_split(tmp_path / f"water_gfn2_{split}.extxyz.xz")
+    labelled = [b for split in C.SPLITS for b in read_split(tmp_path / f"water_gfn2_{split}.extxyz.xz")
                 if C.CONFIG_TYPE in b]
     assert len(labelled) == sum(c["kept"] for c in counts.values()) > 0
     for block in labelled:

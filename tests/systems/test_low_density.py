@@ -54,7 +54,7 @@ def test_cavity_removes_whole_molecules_nearest_a_point():
 
 
 def _split_blocks() -> dict[str, list[str]]:
-    return {split: L._read_split(DATA / f"water_gfn2_{split}.extxyz.xz") for split in L.SPLITS}
+    return {split: L.read_split(DATA / f"water_gfn2_{split}.extxyz.xz") for split in L.SPLITS}
 
 
 def test_new_frames_follow_their_trajectory_split_and_are_deterministic():
