@@ -6,9 +6,10 @@
    (rigid molecules, centres scaled with the box), fp64 through the exported module.
 3. A short NPT run of the 192-atom box on OpenMM's CPU platform (dynamic neighbour list, no CUDA
    graphs), barostat every 5 steps: which way the density goes.
-4. Mean signed energy error per config type of the test split: a model whose errors differ by
-   environment (dense liquid against expanded boxes or small clusters) moves the balance a
-   barostat samples even when its RMSEs look fine.
+4. Mean signed energy error per config type of the test split, and for periodic frames the
+   mean signed virial-pressure error: a model whose errors differ by environment (dense liquid
+   against expanded boxes, small clusters or its own MD frames) moves the balance a barostat
+   samples even when its RMSEs look fine.
 5. One 64-water test box scaled with rigid molecules from 1.0 down to 0.5 g/cm^3: the model's
    energy against GFN2-xTB's, both relative to 1.0 g/cm^3.
 6. Close contacts of a water dimer (O-H...O and H...H head-on) against GFN2-xTB: a repulsive
@@ -91,6 +92,7 @@ def mean_errors_by_type(model_path: Path, frames_path: Path) -> list:
 
     calculator = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
     errors: dict[str, list] = {}
+    pressure_errors: dict[str, list] = {}
     for atoms in read_frames(frames_path):
         kind = atoms.info.get("config_type", "Default")
         if kind == "IsolatedAtom":
@@ -98,8 +100,14 @@ def mean_errors_by_type(model_path: Path, frames_path: Path) -> list:
         probe = atoms.copy()
         probe.calc = calculator
         errors.setdefault(kind, []).append(1e3 * (probe.get_potential_energy() - atoms.info["REF_energy"]) / len(atoms))
+        if atoms.pbc.all() and "REF_stress" in atoms.info:
+            reference = np.asarray(atoms.info["REF_stress"], dtype=float).reshape(-1)[:3]
+            model = probe.get_stress(voigt=True)[:3]
+            pressure_errors.setdefault(kind, []).append(-GPA_PER_EV_A3 * float(np.mean(model - reference)))
     return [{"config_type": kind, "frames": len(values), "mean_meV_per_atom": float(np.mean(values)),
-             "sd_meV_per_atom": float(np.std(values))} for kind, values in sorted(errors.items())]
+             "sd_meV_per_atom": float(np.std(values)),
+             "mean_pressure_error_GPa": float(np.mean(pressure_errors[kind])) if kind in pressure_errors else None}
+            for kind, values in sorted(errors.items())]
 
 
 def _gfn2_energy(atoms) -> float:
@@ -209,9 +217,11 @@ def markdown(report: dict) -> str:
         lines += ["", "## 3. NPT, 192 atoms, CPU platform, 300 K, 1 bar, barostat every 5 steps, 0.5 fs", "",
                   "| step | density g/cm3 | potential kJ/mol |", "| --- | --- | --- |"]
         lines += [f"| {r['step']} | {r['density_g_cm3']:.4f} | {r['potential_kJ_mol']:.1f} |" for r in report["npt"]]
-    lines += ["", "## 4. Mean signed energy error by config type (test split, float64)", "",
-              "| config_type | frames | mean meV/atom | sd meV/atom |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r['config_type']} | {r['frames']} | {r['mean_meV_per_atom']:+.2f} | {r['sd_meV_per_atom']:.2f} |"
+    lines += ["", "## 4. Mean signed error (model - GFN2-xTB) by config type (test split, float64)", "",
+              "| config_type | frames | energy mean meV/atom | energy sd meV/atom | virial pressure mean GPa |",
+              "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['config_type']} | {r['frames']} | {r['mean_meV_per_atom']:+.2f} | {r['sd_meV_per_atom']:.2f} | "
+              + (f"{r['mean_pressure_error_GPa']:+.3f} |" if r.get("mean_pressure_error_GPa") is not None else "|")
               for r in report["mean_errors"]]
     lines += ["", "## 5. One 64-water test box, rigid molecules, centres scaled (eV relative to 1.0 g/cm3)", "",
               "| density g/cm3 | GFN2-xTB | model |", "| --- | --- | --- |"]

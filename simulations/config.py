@@ -53,7 +53,7 @@ RESUMABLE_CHANGES = ("run.production_steps", "output.keep_checkpoints", "guards.
 class ModelConfig:
     path: str = "default"  # a MACE .model file, or "default" for the embedded water model
     policy: str = "fp32"  # one of openmm_mace_lp.policy.POLICIES
-    backend: str = "auto"  # auto (cueq on a GPU with its kernels, else e3nn), cueq, cueq-fused, e3nn
+    backend: str = "auto"  # auto (cueq-fused on a GPU with cuEq kernels, else e3nn), cueq, cueq-fused, e3nn
     # On CUDA: fixed-capacity neighbour list and the step captured in a CUDA graph.
     cuda_graphs: bool = True
     # auto (fixed-capacity with CUDA graphs, else dynamic), fixed, or dynamic (no CUDA graphs).
@@ -470,7 +470,7 @@ def resolved(config: SimulationConfig) -> SimulationConfig:
 
 
 def _resolve_backend(backend: str, device: str) -> str:
-    """auto -> cueq or e3nn as the export would choose, recorded so a resume cannot switch."""
+    """auto -> cueq-fused or e3nn as the export would choose, recorded so a resume cannot switch."""
     import torch
 
     from openmm_mace_lp.backend import resolve_backend

@@ -38,7 +38,7 @@ def test_print_command_and_overrides(capsys):
             "--set", "enable_cueq=true"])
     out = capsys.readouterr().out
     assert "mace.cli.run_train" in out
-    assert "--max_num_epochs=8" in out and "--start_stage_two=4" in out
+    assert "--max_num_epochs=8" in out and "--start_stage_two=3" in out
     assert "--batch_size=4" in out and "--enable_cueq=True" in out
 
 
