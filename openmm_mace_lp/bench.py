@@ -372,7 +372,8 @@ def register(subparsers) -> None:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--atoms", type=int, nargs="+", default=[1029, 3000, 10000, 30000])
     parser.add_argument("--policies", default=",".join(DEFAULT_POLICIES))
-    parser.add_argument("--backends", default="cueq,e3nn")
+    parser.add_argument("--backends", default="cueq-fused,cueq",
+                        help="comma-separated: cueq-fused (what auto picks), cueq, e3nn")
     parser.add_argument("--graphs", default="on,off", help="CUDA-graph settings to measure: on, off or on,off")
     parser.add_argument("--dt-fs", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=3.0, help="timed MD seconds per row")
