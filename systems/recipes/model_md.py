@@ -137,6 +137,9 @@ def sample(data_dir: Path, model_path: Path, workdir: Path, device: str, workers
            steps: tuple[int, ...] = SNAPSHOT_STEPS, limit: int | None = None, molecules: int | None = None,
            prefix: str = PREFIX) -> Path:
     """The model's NPT snapshots of every trajectory, written atomically to ``sampled.extxyz``."""
+    if not Path(model_path).is_file():
+        # checked here: a worker whose initializer fails is respawned by the pool, forever
+        raise SystemExit(f"sampling model {model_path} not found: pass an existing MACE .model file with --model")
     blocks = read_set_without(data_dir, prefix, (CONFIG_TYPE,))
     starts = start_frames(blocks, molecules)[:limit]
     model_sha = sha256(model_path)

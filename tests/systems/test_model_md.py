@@ -127,3 +127,9 @@ def test_extend_refuses_a_sample_of_another_split_and_writes_nothing(tmp_path):
     with pytest.raises(SystemExit, match="run --stage sample first"):
         M.extend(data, work, workers=1)
     assert {p.name: p.read_bytes() for p in data.iterdir()} == before
+
+
+def test_sample_refuses_a_missing_model_and_writes_nothing(tmp_path):
+    with pytest.raises(SystemExit, match="not found: pass an existing MACE .model file with --model"):
+        M.sample(DATA, tmp_path / "missing.model", tmp_path / "work", "cpu", workers=1, seed=M.SEED)
+    assert not (tmp_path / "work").exists()
