@@ -21,16 +21,20 @@ import torch
 from . import __version__
 from .atomic import atomic_path
 from .backend import CUEQ_BACKENDS, convert_to_cueq, make_scriptable, model_layout, resolve_backend
-from .fused_conv import fuse_convolutions
+from .fused_conv import fuse_convolutions, keep_weights_low
 from .linears import apply_policy_layers
 from .neighbors import NeighborCapacity, neighbor_list, padded_neighbor_list
-from .policy import Policy, get_policy
+from .policy import MATMUL_BF16, MATMUL_FP16, Policy, get_policy
 
 # CODATA 2018: N_A * e / 1000.
 EV_TO_KJ_PER_MOL = 96.48533212331002
 ANGSTROM_PER_NM = 10.0
 ENERGY_TYPES = ("interaction_energy", "energy")
 METADATA_FILE = "openmm_mace_lp.json"
+# Part of every export's cache key: raise it whenever the code of an exported module changes,
+# so that modules cached by an older version are rebuilt (2: fused radial MLP in edge chunks,
+# low-precision tensor-product weights).
+EXPORT_FORMAT = 2
 
 
 class MACEForce(torch.nn.Module):
@@ -157,6 +161,7 @@ class ExportSpec:
     device: str
     neighbor_capacity: Optional[Dict[str, object]] = None
     versions: Dict[str, str] = field(default_factory=dict)
+    export_format: int = EXPORT_FORMAT
 
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
@@ -202,6 +207,8 @@ def prepare_model(model: torch.nn.Module, policy: Policy, backend: str) -> Tuple
     if backend == "cueq-fused":
         fuse_convolutions(prepared)
     counts = apply_policy_layers(prepared, policy.matmul_mode, policy.model_dtype, model_layout(prepared))
+    if backend == "cueq-fused" and policy.matmul_mode in (MATMUL_BF16, MATMUL_FP16):
+        counts["low_precision_tp_weights"] = keep_weights_low(prepared)
     for parameter in prepared.parameters():
         parameter.requires_grad_(False)
     return prepared.eval(), counts

@@ -37,7 +37,7 @@ def round_to_tf32(x: torch.Tensor) -> torch.Tensor:
 
 
 def policy_matmul(
-    x: torch.Tensor, weight: torch.Tensor, weight_low: torch.Tensor, mode: int
+    x: torch.Tensor, weight: torch.Tensor, weight_low: torch.Tensor, mode: int, keep_low: bool = False
 ) -> torch.Tensor:
     """x @ weight with the operand precision of ``mode`` and a result in x's dtype.
 
@@ -48,6 +48,8 @@ def policy_matmul(
     backward pass. Off CUDA the same arithmetic is emulated exactly (the product of two
     bf16/fp16 numbers is exact in float32, so only the summation order differs), which is what
     the CPU tests check. TF32: operands rounded to TF32, float32 accumulation and result.
+    ``keep_low`` (bf16/fp16 only) returns the rounded result in the low format itself: the same
+    values in half the memory, for a consumer that reads that format (fused_conv.py).
     """
     # TorchScript cannot read module constants: 0 and 1 are policy.MATMUL_NATIVE and MATMUL_TF32.
     if mode == 0:
@@ -56,8 +58,10 @@ def policy_matmul(
         return torch.mm(round_to_tf32(x), weight)
     low = weight_low.dtype
     if x.is_cuda:
-        return torch.mm(x.to(low), weight_low).to(x.dtype)
-    return torch.mm(x.to(low).to(x.dtype), weight).to(low).to(x.dtype)
+        product = torch.mm(x.to(low), weight_low)
+    else:
+        product = torch.mm(x.to(low).to(x.dtype), weight).to(low)
+    return product if keep_low else product.to(x.dtype)
 
 
 def _low_dtype(mode: int) -> torch.dtype:
@@ -85,8 +89,8 @@ class PolicyDense(torch.nn.Module):
         self.register_buffer("weight", used)
         self.register_buffer("weight_low", low)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return policy_matmul(x, self.weight, self.weight_low, self.mode)
+    def forward(self, x: torch.Tensor, keep_low: bool = False) -> torch.Tensor:
+        return policy_matmul(x, self.weight, self.weight_low, self.mode, keep_low)
 
 
 @dataclass
@@ -232,12 +236,16 @@ class RadialMLP(torch.nn.Module):
         self.act_scale = act_scale
         self.num_layers = len(weights)
         self.layers = torch.nn.ModuleList([PolicyDense(w, mode, dtype) for w in weights])
+        # Set by fused_conv.keep_weights_low: under bf16/fp16 the output (the tensor-product
+        # weights, already rounded to that format) stays in it instead of widening to float32.
+        self.low_output = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
-            x = layer(x)
             if i < self.num_layers - 1:
-                x = torch.nn.functional.silu(x) * self.act_scale
+                x = torch.nn.functional.silu(layer(x)) * self.act_scale
+            else:
+                x = layer(x, self.low_output)
         return x
 
 

@@ -96,6 +96,29 @@ def check_cuda(device: str) -> None:
         )
 
 
+# Above this many atoms ``cudaGraphs`` defaults to off. Measured on an H100 with the
+# MACE-OFF24(M) architecture (benchmarks/results/bench_h100_session5_*.md): a captured step is
+# 2x faster at 3000 atoms (18.1 against 35.5 ms), no faster at 10k (58.4 against 57.9) and
+# slower at 28k (180 against 150); and openmm-torch's capture allocates a second copy of the
+# step's memory next to what its warm-up calls left cached. When that does not fit the process
+# dies in a segmentation fault, not a Python error.
+CUDA_GRAPH_MAX_ATOMS = 15000
+
+
+def use_cuda_graphs(requested: Optional[bool], device: str, num_atoms: int) -> bool:
+    """``cudaGraphs``: None picks by size; an explicit True above the size is allowed, with a warning."""
+    if not device.startswith("cuda"):
+        return False
+    if requested is None:
+        return num_atoms <= CUDA_GRAPH_MAX_ATOMS
+    if requested and num_atoms > CUDA_GRAPH_MAX_ATOMS:
+        logger.warning(
+            "cudaGraphs=True for %d atoms: above %d atoms a captured step is not faster and openmm-torch "
+            "needs about twice the memory to capture it (out of memory there ends the process with a "
+            "segmentation fault). Leave cudaGraphs unset to let the size decide.", num_atoms, CUDA_GRAPH_MAX_ATOMS)
+    return bool(requested)
+
+
 class MACELPPotentialImpl(MLPotentialImpl):
     """MACE with a precision policy, exported to TorchScript and run by openmm-torch.
 
@@ -105,10 +128,11 @@ class MACELPPotentialImpl(MLPotentialImpl):
     ``device`` ('cuda' or 'cpu'; default: cuda if available), ``returnEnergyType``
     ('interaction_energy', the default as in openmm-ml, or 'energy' including E0s),
     ``platform`` (name of the OpenMM platform you will use, checked for known crashes),
-    ``cudaGraphs`` (default True on CUDA: fixed-capacity neighbour list, step captured in a CUDA
-    graph by openmm-torch), ``fixedNeighborList`` (default: as ``cudaGraphs``; the fixed-capacity
-    list alone, e.g. to test it on the CPU), ``positions`` (the starting positions, used to size
-    that list exactly; without them it is sized from the density with a wider margin) and
+    ``cudaGraphs`` (default: on CUDA up to ``CUDA_GRAPH_MAX_ATOMS`` atoms, a fixed-capacity
+    neighbour list and the step captured in a CUDA graph by openmm-torch), ``fixedNeighborList``
+    (default: as ``cudaGraphs``; the fixed-capacity list alone, e.g. to test it on the CPU),
+    ``positions`` (the starting positions, used to size that list exactly; without them it is
+    sized from the density with a wider margin) and
     ``neighborMargin`` (extra edge capacity, a fraction). ``openmm_mace_lp.capacity`` grows the
     capacities during a run.
     """
@@ -129,7 +153,7 @@ class MACELPPotentialImpl(MLPotentialImpl):
 
     def addForces(self, topology: openmm.app.Topology, system: openmm.System, atoms: Optional[Iterable[int]],
                   forceGroup: int, device: Optional[str] = None, returnEnergyType: str = "interaction_energy",
-                  platform: Optional[str] = None, cudaGraphs: bool = True, positions=None,
+                  platform: Optional[str] = None, cudaGraphs: Optional[bool] = None, positions=None,
                   neighborMargin: Optional[float] = None, fixedNeighborList: Optional[bool] = None,
                   **args) -> None:
         import torch
@@ -149,7 +173,7 @@ class MACELPPotentialImpl(MLPotentialImpl):
         atomic_numbers = [atom.element.atomic_number for atom in selected]
         periodic = topology.getPeriodicBoxVectors() is not None or system.usesPeriodicBoundaryConditions()
         model_path = resolve_model_path(self.name, self.modelPath)
-        graphs = bool(cudaGraphs) and device.startswith("cuda")
+        graphs = use_cuda_graphs(cudaGraphs, device, len(selected))
         fixed = graphs if fixedNeighborList is None else bool(fixedNeighborList)
         if graphs and not fixed:
             raise ValueError("cudaGraphs=True needs the fixed-capacity neighbour list (a CUDA graph "

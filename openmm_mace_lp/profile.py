@@ -22,8 +22,9 @@ from typing import Dict, List, Optional, Tuple
 RANGE_PREFIX = "mace-block::"
 BACKWARD_PREFIX = "autograd::engine::evaluate_function:"
 OUTSIDE = "outside blocks"
-# Per interaction / product / readout, the sub-modules with their own rows (when present).
-INTERACTION_PARTS = ("linear_up", "conv_tp_weights", "conv_tp", "linear", "skip_tp", "reshape")
+# Per interaction / product / readout, the sub-modules with their own rows (when present). The
+# fused backend evaluates the radial MLP inside the tensor product (conv_tp.radial).
+INTERACTION_PARTS = ("linear_up", "conv_tp_weights", "conv_tp", "conv_tp.radial", "linear", "skip_tp", "reshape")
 
 
 @dataclass

@@ -54,8 +54,10 @@ class ModelConfig:
     path: str = "default"  # a MACE .model file, or "default" for the embedded water model
     policy: str = "fp32"  # one of openmm_mace_lp.policy.POLICIES
     backend: str = "auto"  # auto (cueq-fused on a GPU with cuEq kernels, else e3nn), cueq, cueq-fused, e3nn
-    # On CUDA: fixed-capacity neighbour list and the step captured in a CUDA graph.
-    cuda_graphs: bool = True
+    # On CUDA: fixed-capacity neighbour list and the step captured in a CUDA graph. "auto": up to
+    # 15,000 atoms (openmm_mace_lp.potential.CUDA_GRAPH_MAX_ATOMS; above, a graph is no faster
+    # and its capture needs twice the memory).
+    cuda_graphs: bool | str = "auto"
     # auto (fixed-capacity with CUDA graphs, else dynamic), fixed, or dynamic (no CUDA graphs).
     neighbor_list: str = "auto"
     # Extra edge capacity of that list over the starting structure's edges (the barostat may
@@ -351,7 +353,7 @@ def _validate_model(model: ModelConfig) -> None:
 
     _check_choice("model.policy", model.policy, POLICIES)
     _check_choice("model.backend", model.backend, BACKENDS)
-    _check_choice("model.cuda_graphs", model.cuda_graphs, (True, False))
+    _check_choice("model.cuda_graphs", model.cuda_graphs, ("auto", True, False))
     _check_choice("model.neighbor_list", model.neighbor_list, ("auto", "fixed", "dynamic"))
     _check(_finite(model.neighbor_margin) and 0 <= model.neighbor_margin <= 10, "model.neighbor_margin",
            model.neighbor_margin, "must be between 0 (automatic) and 10")

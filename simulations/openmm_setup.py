@@ -48,7 +48,7 @@ def create_system(config: SimulationConfig, structure: StartStructure, margin: f
     neighbors = config.model.neighbor_list
     system = potential.createSystem(
         topology, device=config.platform.device, platform=config.platform.name,
-        cudaGraphs=config.model.cuda_graphs and neighbors != "dynamic",
+        cudaGraphs=cuda_graphs_argument(config.model.cuda_graphs, neighbors),
         fixedNeighborList=None if neighbors == "auto" else neighbors == "fixed",
         positions=structure.positions, neighborMargin=margin)
     if structure.box is not None:
@@ -56,6 +56,13 @@ def create_system(config: SimulationConfig, structure: StartStructure, margin: f
     if config.ensemble == "npt":
         system.addForce(create_barostat(config))
     return system
+
+
+def cuda_graphs_argument(cuda_graphs, neighbors: str):
+    """``createSystem``'s cudaGraphs: None lets the plug-in decide by size ("auto")."""
+    if neighbors == "dynamic":
+        return False
+    return None if cuda_graphs == "auto" else bool(cuda_graphs)
 
 
 def create_barostat(config: SimulationConfig):

@@ -344,6 +344,46 @@ def load_water_box(n_atoms_approx: int, seed: int = 0, cache: bool = True) -> St
     return s
 
 
+def tile_periodic(structure: Structure, copies: int) -> Structure:
+    """The periodic ``structure`` repeated ``copies`` times along each box vector.
+
+    By periodicity each copy of an atom feels exactly the forces of the original (same
+    neighbourhood), so the small box's reference forces, tiled in this order (copy by copy,
+    ``np.tile(forces, (copies**3, 1))``), are the exact reference of the big one.
+    """
+    if structure.box is None:
+        raise ValueError("tile_periodic needs a periodic structure (box vectors)")
+    from openmm.app import Topology
+
+    box = np.asarray(structure.box)
+    offsets = [i * box[0] + j * box[1] + k * box[2]
+               for i in range(copies) for j in range(copies) for k in range(copies)]
+    positions = np.concatenate([structure.positions + offset for offset in offsets])
+    topology = Topology()
+    for _ in offsets:
+        chain = topology.addChain()
+        atoms = {}
+        for residue in structure.topology.residues():
+            new_residue = topology.addResidue(residue.name, chain)
+            for atom in residue.atoms():
+                atoms[atom.index] = topology.addAtom(atom.name, atom.element, new_residue)
+        for bond in structure.topology.bonds():
+            topology.addBond(atoms[bond[0].index], atoms[bond[1].index])
+    _set_box(topology, box * copies)
+    return Structure(topology, positions, box * copies)
+
+
+def tiled_water_box(n_atoms_approx: int, max_base_atoms: int = 3000) -> tuple[Structure, Structure, int]:
+    """(big box, base box, copies per axis): a 1 g/cm3 water box of about ``n_atoms_approx``
+    atoms made of copies**3 copies of a base box of at most ``max_base_atoms`` atoms, so that
+    the base box's reference (e.g. eager float64 MACE) checks the big one exactly."""
+    copies = 1
+    while n_atoms_approx / copies**3 > max_base_atoms:
+        copies += 1
+    base = load_water_box(int(round(n_atoms_approx / copies**3)))
+    return tile_periodic(base, copies), base, copies
+
+
 # ----------------------------------------------------------------------------- organics
 
 # name -> (ASE g2 key, residue name)

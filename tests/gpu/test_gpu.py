@@ -52,6 +52,34 @@ def test_cuda_module_matches_cpu_float64(backend, policy):
     assert low <= error <= high, error
 
 
+@pytest.mark.parametrize("policy", ["fp32", "bf16", "fp16"])
+def test_fused_chunks_and_low_precision_weights_on_cuda(policy):
+    """cueq-fused in chunks of 97 edges, weights read by the kernel in the policy's format
+    (bf16/fp16), against unfused cuEq of the same policy: the same numbers to float32 rounding."""
+    from openmm_mace_lp.export import MACEForce, check_elements, prepare_model, script_module
+    from openmm_mace_lp.policy import get_policy
+    from tests.plugin.helpers import model, rel_error, water_box
+
+    system = water_box(3, seed=2)
+    pos, box = torch.tensor(system.positions, device="cuda"), torch.tensor(system.box, device="cuda")
+    index = torch.tensor(check_elements(model("full"), system.atomic_numbers))
+    results = {}
+    for backend in ("cueq", "cueq-fused"):
+        prepared, counts = prepare_model(model("full"), get_policy(policy), backend)
+        if backend == "cueq-fused":
+            assert counts.get("low_precision_tp_weights", 0) == (0 if policy == "fp32" else 2)
+            for block in prepared.interactions:
+                assert block.conv_tp.method == "uniform_1d" and not block.conv_tp.widen_weights
+                block.conv_tp.chunk_edges = 97
+        attrs = torch.nn.functional.one_hot(index, num_classes=len(prepared.atomic_numbers))
+        force = MACEForce(prepared, attrs, None, len(index), True, torch.float32, "interaction_energy")
+        energy, forces = script_module(force.to("cuda"))(pos, box)
+        results[backend] = (float(energy), forces.double().cpu().numpy())
+    (e_ref, f_ref), (e_fused, f_fused) = results["cueq"], results["cueq-fused"]
+    assert abs(e_fused - e_ref) <= 1e-5 * abs(e_ref)
+    assert rel_error(f_fused, f_ref) <= 1e-5
+
+
 def test_md_on_the_cuda_platform(tmp_path_factory):
     import openmm
     import openmm.unit as unit

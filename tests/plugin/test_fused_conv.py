@@ -161,24 +161,30 @@ def test_fused_backend_scripts_through_export(policy, system_name):
 
 @pytest.mark.parametrize("num_edges", [0, 1, 40])
 def test_fused_module_matches_gather_tp_scatter(num_edges):
-    """The module alone, on random data: equal to conv_tp(x[sender]) -> scatter_sum; no edges -> zeros."""
+    """The module alone, on random data: equal to conv_tp(x[sender], radial(f)) -> scatter_sum.
+
+    No edges give zeros; 40 edges in chunks of 7 (the last one short) give the same sums."""
     from mace.tools.scatter import scatter_sum
 
     _silence()
     unfused, fused, _ = _prepared("residual", "fp64")
-    conv_tp, module = unfused.interactions[1].conv_tp, fused.interactions[1].conv_tp
+    block = unfused.interactions[1]
+    conv_tp, mlp = block.conv_tp, block.conv_tp_weights
     generator = torch.Generator().manual_seed(num_edges)
     n = 9
     x = torch.randn(n, conv_tp.irreps_in1.dim, generator=generator, dtype=torch.float64)
     y = torch.randn(num_edges, conv_tp.irreps_in2.dim, generator=generator, dtype=torch.float64)
-    w = torch.randn(num_edges, conv_tp.weight_numel, generator=generator, dtype=torch.float64)
+    edge_feats = torch.randn(num_edges, mlp.layers[0].weight.shape[0], generator=generator, dtype=torch.float64)
     edge_index = torch.randint(0, n, (2, num_edges), generator=generator)
-    reference = scatter_sum(conv_tp(x[edge_index[0]], y, w), edge_index[1], dim=0, dim_size=n)
-    value = module(x, y, w, edge_index)
-    assert value.shape == reference.shape == (n, conv_tp.irreps_out.dim)
-    torch.testing.assert_close(value, reference, rtol=1e-13, atol=1e-13)
-    scripted = torch.jit.script(module)
-    torch.testing.assert_close(scripted(x, y, w, edge_index), reference, rtol=1e-13, atol=1e-13)
+    reference = scatter_sum(conv_tp(x[edge_index[0]], y, mlp(edge_feats)), edge_index[1], dim=0, dim_size=n)
+    for chunk_edges in (0, 7):
+        module = FusedChannelWiseConv(conv_tp, copy.deepcopy(mlp), chunk_edges)
+        assert module.owns_radial and module.chunk_edges == (chunk_edges or 2**29 // conv_tp.weight_numel)
+        value = module(x, y, edge_feats, edge_index)
+        assert value.shape == reference.shape == (n, conv_tp.irreps_out.dim)
+        torch.testing.assert_close(value, reference, rtol=1e-13, atol=1e-13)
+        scripted = torch.jit.script(module)
+        torch.testing.assert_close(scripted(x, y, edge_feats, edge_index), reference, rtol=1e-13, atol=1e-13)
 
 
 def test_system_without_edges():
@@ -189,3 +195,62 @@ def test_system_without_edges():
     reference = _call(_force(unfused, system, torch.float64), system)
     value = _call(_force(fused, system, torch.float64), system)
     assert value[0] == reference[0] and np.array_equal(value[1], reference[1])
+
+
+def _chunked(name: str, policy: str, chunk_edges: int) -> torch.nn.Module:
+    unfused, _, _ = _prepared(name, policy)
+    fused = copy.deepcopy(unfused)
+    assert fuse_convolutions(fused, chunk_edges=chunk_edges) == 2
+    return fused
+
+
+@pytest.mark.parametrize("policy", ["fp64", "fp32"])
+def test_radial_mlp_moves_into_the_fused_module_and_chunks_add_up(policy):
+    """Weights made and contracted 13 edges at a time: same energy and forces as unfused cuEq."""
+    system = water_box()
+    unfused, _, _ = _prepared("residual", policy)
+    fused = _chunked("residual", policy, 13)
+    for block in fused.interactions:
+        assert type(block.conv_tp_weights).__name__ == "EdgeFeatures"
+        assert block.conv_tp.owns_radial and block.conv_tp.chunk_edges == 13
+        assert type(block.conv_tp.radial).__name__ == "RadialMLP"
+    dtype = get_policy(policy).model_dtype
+    reference = _call(_force(unfused, system, dtype), system)
+    _compare(f"chunked {policy}", reference, _call(_force(fused, system, dtype), system), TOLERANCE[policy])
+
+
+def test_blocks_that_multiply_the_cutoff_keep_their_mlp():
+    """With ``apply_cutoff=False`` mace passes the cutoff to the block, which scales the MLP's
+    output: the MLP must stay in the block (only the tensor product is fused and chunked)."""
+    system = water_box()
+    unfused, _, _ = _prepared("residual", "fp64")
+    unfused = copy.deepcopy(unfused)
+    unfused.radial_embedding.apply_cutoff = False
+    fused = copy.deepcopy(unfused)
+    assert fuse_convolutions(fused, chunk_edges=11) == 2
+    for block in fused.interactions:
+        assert not block.conv_tp.owns_radial and type(block.conv_tp_weights).__name__ == "RadialMLP"
+    reference = _call(_force(unfused, system, torch.float64), system)
+    _compare("cutoff in block", reference, _call(_force(fused, system, torch.float64), system), TOLERANCE["fp64"])
+
+
+@pytest.mark.parametrize("policy", ["bf16", "fp16"])
+def test_low_precision_policies_hand_rounded_weights_to_the_kernel(policy):
+    """bf16/fp16: the radial MLP's (already rounded) output reaches the tensor product in that
+    format; energies and forces equal the unfused cuEq model of the same policy, whose weights
+    hold the same values in float32, to float32 rounding."""
+    _silence()
+    system = water_box()
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}[policy]
+    fused, counts = prepare_model(_source_model("residual"), get_policy(policy), "cueq-fused")
+    unfused, _ = prepare_model(_source_model("residual"), get_policy(policy), "cueq")
+    assert counts["low_precision_tp_weights"] == 2
+    seen = []
+    hooks = [b.conv_tp.radial.register_forward_hook(lambda m, i, o: seen.append(o.dtype)) for b in fused.interactions]
+    value = _call(_force(fused, system, torch.float32), system)
+    for hook in hooks:
+        hook.remove()
+    assert seen == [low, low]
+    _compare(f"low weights {policy}", _call(_force(unfused, system, torch.float32), system), value, 2e-6)
+    scripted = build_force_module(model("both"), policy, "cueq-fused", system.atomic_numbers, periodic=True)
+    _compare(f"low weights {policy} scripted", value, _call(scripted, system), 1e-6)

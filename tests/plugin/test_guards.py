@@ -130,3 +130,17 @@ def test_cpu_device_with_new_torch_is_refused_before_any_export(tmp_path_factory
         MLPotential("mace-lp", modelPath=path).createSystem(water_box(1).topology, device="cpu")
     after = set(exports.glob("*")) if exports.exists() else set()
     assert after == before
+
+
+def test_cuda_graphs_default_follows_the_system_size(caplog):
+    """Unset: graphs up to CUDA_GRAPH_MAX_ATOMS on CUDA; an explicit True above it is kept but
+    warned about (the capture needs twice the memory); never on the CPU."""
+    from openmm_mace_lp.potential import CUDA_GRAPH_MAX_ATOMS, use_cuda_graphs
+
+    assert use_cuda_graphs(None, "cuda", CUDA_GRAPH_MAX_ATOMS) is True
+    assert use_cuda_graphs(None, "cuda:1", CUDA_GRAPH_MAX_ATOMS + 1) is False
+    assert use_cuda_graphs(False, "cuda", 100) is False
+    assert use_cuda_graphs(None, "cpu", 100) is False and use_cuda_graphs(True, "cpu", 100) is False
+    with caplog.at_level("WARNING"):
+        assert use_cuda_graphs(True, "cuda", 50000) is True
+    assert "twice the memory" in caplog.text

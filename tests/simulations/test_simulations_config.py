@@ -57,6 +57,7 @@ Precision = "mixed"
     (["guards.min_temperature_factor=1.5"], r"guards.min_temperature_factor = 1.5"),
     (["model.policy=fp8"], r"model.policy = 'fp8' is not one of"),
     (["model.backend=\"jax\""], r"model.backend = 'jax'"),
+    (["model.cuda_graphs=sometimes"], r"model.cuda_graphs = 'sometimes' is not one of auto, True, False"),
     (["platform.name=Metal"], r"platform.name = 'Metal'"),
     (["platform.device=gpu0"], r"platform.device = 'gpu0'"),
     (["system.pdb=water.pdb"], r"system.water_molecules and system.pdb are both set"),
@@ -94,6 +95,16 @@ def test_overrides_parse_toml_values_and_bare_strings():
     assert parse_override("model.path=my.model") == (["model", "path"], "my.model")
     assert parse_override('model.policy="bf16"') == (["model", "policy"], "bf16")
     assert parse_override("platform.properties.DeviceIndex=0") == (["platform", "properties", "DeviceIndex"], 0)
+
+
+def test_cuda_graphs_auto_leaves_the_choice_to_the_plug_in(tiny_model):
+    from openmm_mace_lp.simulations.openmm_setup import cuda_graphs_argument
+
+    config = load_config(None, tiny_settings(tiny_model), ensemble="nvt")
+    assert config.model.cuda_graphs == "auto"
+    assert load_config(None, tiny_settings(tiny_model) + ["model.cuda_graphs=false"], ensemble="nvt").model.cuda_graphs is False
+    assert cuda_graphs_argument("auto", "auto") is None and cuda_graphs_argument(True, "fixed") is True
+    assert cuda_graphs_argument("auto", "dynamic") is False and cuda_graphs_argument(True, "dynamic") is False
 
 
 def test_resolved_config_round_trips_through_toml(tiny_model):

@@ -118,3 +118,23 @@ def test_diamond_supercell():
     r[np.diag_indices(64)] = 1.0
     assert np.isclose(r.min(), 0.3567 * np.sqrt(3) / 4, atol=1e-6)
     assert ((r < 0.16).sum(axis=1) == 4).all()  # tetrahedral
+
+
+def test_tiled_box_copies_the_base_and_its_forces(tmp_path, monkeypatch):
+    """k x k x k copies of a periodic box: density and molecules kept, and a MACE model gives
+    every copy of an atom the force of the original (the bench's reference for big boxes)."""
+    monkeypatch.setenv("OPENMM_MACE_LP_CACHE", str(tmp_path))
+    from tests.plugin.helpers import TestSystem, evaluate
+
+    big, base, copies = B.tiled_water_box(1700, max_base_atoms=250)
+    assert copies == 2 and len(big.positions) == 8 * len(base.positions)
+    assert B.density_g_cm3(big.topology, big.box) == pytest.approx(B.density_g_cm3(base.topology, base.box))
+    assert big.topology.getNumBonds() == 8 * base.topology.getNumBonds()
+    assert B.min_intermolecular_distance(big.topology, big.positions, big.box) == pytest.approx(
+        B.min_intermolecular_distance(base.topology, base.positions, base.box))
+    e_base, f_base = evaluate(TestSystem(base.topology, base.positions, base.box), "fp64", "e3nn")
+    e_big, f_big = evaluate(TestSystem(big.topology, big.positions, big.box), "fp64", "e3nn")
+    assert e_big == pytest.approx(8 * e_base, rel=1e-10)
+    np.testing.assert_allclose(f_big, np.tile(f_base, (8, 1)), rtol=1e-8, atol=1e-8)
+    with pytest.raises(ValueError, match="periodic"):
+        B.tile_periodic(B.Structure(base.topology, base.positions, None), 2)
