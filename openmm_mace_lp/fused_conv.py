@@ -28,7 +28,7 @@ Two more things happen here, both for memory:
   into the fused module (``radial``; the block's ``conv_tp_weights`` becomes a pass-through), the
   weights and the tensor product are evaluated for at most ``chunk_edges`` edges at a time, so
   the backward pass holds one chunk's weight gradient instead of all of them (at 50k atoms and
-  fp32 about 20 GiB less), and no operand of the cuEq kernel exceeds 2**29 elements (unchunked,
+  fp32, 2 GiB instead of 20 by arithmetic), and no operand of the cuEq kernel exceeds 2**29 elements (unchunked,
   a 50k-atom box hands it 5.4e9, more than 32-bit offsets can address; whether the kernel
   copes was not tested). Boxes up to ~3000 atoms stay one chunk. This needs
   a block whose weights are a function of the edge features alone, i.e. mace's radial
