@@ -40,3 +40,20 @@ def test_bench_finds_the_module_behind_a_system(tmp_path_factory):
                                                    positions=system.positions)
     meta = read_metadata(exported_module_path(omm))
     assert meta["policy"] == "bf16" and meta["neighbor_capacity"]["edge_capacity"] > 0
+
+
+def test_bench_checks_a_tiled_box_against_the_small_boxs_reference(tmp_path):
+    """A box above ``tile_above_atoms`` is 2x2x2 copies of a small one; its fp32 forces agree with
+    the small box's eager fp64 forces, tiled, to roundoff (a wrong tiling order would not)."""
+    from pathlib import Path
+
+    from openmm_mace_lp.bench import BenchSettings, run_bench
+
+    settings = BenchSettings(atoms=[400], policies=["fp32"], backends=["e3nn"], graphs=[False], dt_fs=1.0,
+                             out=Path(tmp_path) / "bench.json", architecture="tiny", device="cpu", anchor=False,
+                             seconds_per_row=0.2, tile_above_atoms=100)
+    (row,) = run_bench(settings)["rows"]
+    assert "error" not in row, row.get("error")
+    assert row["atoms"] == 8 * row["reference_tiled_from_atoms"] == 408
+    assert row["force_rel_err_vs_fp64_eager"] < 1e-5
+    assert "(tiled 51)" in (Path(tmp_path) / "bench.md").read_text()
