@@ -62,7 +62,7 @@ class EdgeFeatures(torch.nn.Module):
 
 
 class FusedChannelWiseConv(torch.nn.Module):
-    """``(node_feats, edge_attrs, tp_weights, edge_index) -> per-node message sums`` in one call.
+    """``(node_feats, edge_attrs, tp_weights or edge features, edge_index) -> per-node message sums``.
 
     Equivalent to ``scatter_sum(conv_tp(node_feats[edge_index[0]], edge_attrs, tp_weights),
     edge_index[1], dim_size=len(node_feats))`` for the wrapped cuEq ``ChannelWiseTensorProduct``
@@ -112,6 +112,7 @@ class FusedChannelWiseConv(torch.nn.Module):
         if self.method == "naive":
             self.widen_weights = True
             return
+        # The constructor arguments as cuequivariance 0.13.0 (pinned) keeps them for pickling.
         math_dtype = self.poly._math_dtype_orig
         self.poly = cuet.SegmentedPolynomial(
             self.poly._polynomial_orig, method=self.method, math_dtype=math_dtype, output_dtype_map=[1],
