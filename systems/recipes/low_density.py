@@ -69,6 +69,16 @@ def write_set(data_dir: Path, prefix: str, blocks: dict[str, list[str]], stage: 
     atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1, default=str).encode())
 
 
+def write_stage(data_dir: Path, prefix: str, blocks: dict[str, list[str]], stage: str, counts: dict,
+                started: float, record: dict) -> dict:
+    """``write_set`` for a stage that added labelled frames: the record gets the counts and the
+    labelling time; the counts are printed and returned."""
+    write_set(data_dir, prefix, blocks, stage,
+              dict(record, frames_added=counts, label_seconds=round(time.time() - started, 1)))
+    print(json.dumps(counts), flush=True)
+    return counts
+
+
 def _header_value(block: str, key: str) -> str:
     header = block.split("\n", 2)[1]
     return header.split(f"{key}=", 1)[1].split()[0].strip('"')
@@ -184,14 +194,11 @@ def extend(data_dir: Path, workdir: Path, workers: int, seed: int, prefix: str =
         blocks[split].append(labelled[_frame_id(block)])
         kind = _header_value(block, "config_type")
         counts[split][kind] = counts[split].get(kind, 0) + 1
-    write_set(data_dir, prefix, blocks, "low_density_stage", dict(
+    return write_stage(data_dir, prefix, blocks, "low_density_stage", counts, start, dict(
         recipe="openmm_mace_lp.systems.recipes.low_density", seed=seed,
         expanded_densities_g_cm3=EXPANDED_DENSITIES, cavity_fraction=CAVITY_FRACTION,
-        frames_added=counts, label_seconds=round(time.time() - start, 1),
         why="models trained on 0.90-1.10 g/cm3 boxes only under-bound the liquid below 0.9 g/cm3 and "
             "expanded without limit under NPT"))
-    print(json.dumps(counts), flush=True)
-    return counts
 
 
 def main(argv=None) -> int:

@@ -38,7 +38,7 @@ import numpy as np
 
 from openmm_mace_lp.atomic import atomic_write_bytes
 from openmm_mace_lp.systems.recipes.low_density import (
-    SPLITS, _header_value, _parse_periodic, label_all, read_set_without, write_set)
+    SPLITS, _header_value, _parse_periodic, label_all, read_set_without, write_stage)
 from openmm_mace_lp.systems.recipes.water_data import DATA_DIR, PREFIX, _frame_id, _water_density, format_frame, read_blocks
 
 CONFIG_TYPE = "model_md_periodic"
@@ -186,14 +186,11 @@ def extend(data_dir: Path, workdir: Path, workers: int, prefix: str = PREFIX) ->
         blocks[split].append(labelled[_frame_id(block)])
         counts[split] += 1
     record = json.loads((workdir / "sampled.json").read_text()) if (workdir / "sampled.json").exists() else {}
-    write_set(data_dir, prefix, blocks, "model_md_stage", dict(
+    return write_stage(data_dir, prefix, blocks, "model_md_stage", counts, start, dict(
         recipe="openmm_mace_lp.systems.recipes.model_md", sampling=record, snapshot_steps=SNAPSHOT_STEPS,
         timestep_fs=TIMESTEP_FS, pressure_bar=PRESSURE_BAR, taut_fs=TAUT_FS, taup_fs=TAUP_FS,
-        frames_added=counts, label_seconds=round(time.time() - start, 1),
         why="the model reproduced GFN2-xTB's pressure on classical frames but expanded under NPT: "
             "label the configurations its own barostat visits"))
-    print(json.dumps(counts), flush=True)
-    return counts
 
 
 def main(argv=None) -> int:
