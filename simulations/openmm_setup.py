@@ -58,7 +58,7 @@ def create_system(config: SimulationConfig, structure: StartStructure, margin: f
     return system
 
 
-def cuda_graphs_argument(cuda_graphs, neighbors: str):
+def cuda_graphs_argument(cuda_graphs: "bool | str", neighbors: str) -> "bool | None":
     """``createSystem``'s cudaGraphs: None lets the plug-in decide by size ("auto")."""
     if neighbors == "dynamic":
         return False
