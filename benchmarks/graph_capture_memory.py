@@ -9,7 +9,7 @@ segmentation fault:
     python benchmarks/graph_capture_memory.py on 0.19    # capture needs ~2x: does it fail cleanly?
     python benchmarks/graph_capture_memory.py on 0.5     # capture with room
 
-Results: benchmarks/results/graph_capture_memory_h100_session5.md.
+Results: benchmarks/results/graph_capture_memory_2026-11-28_h100.md.
 """
 from __future__ import annotations
 

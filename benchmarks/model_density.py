@@ -17,7 +17,7 @@
 
 Sections 5 and 6 label with GFN2-xTB on the fly (tblite, about a minute on 2 cores).
 
-    python benchmarks/model_density.py -o benchmarks/results/model_density_cpu.json
+    python benchmarks/model_density.py -o benchmarks/results/model_density_2026-11-27_cpu_6019ec71.json
 """
 from __future__ import annotations
 
@@ -240,7 +240,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", default=None, help="extxyz with REF_stress (default: the stored GFN2-xTB test split)")
     parser.add_argument("--max-frames", type=int, default=40)
     parser.add_argument("--npt-steps", type=int, default=400, help="0 skips the NPT run")
-    parser.add_argument("-o", "--out", default="benchmarks/results/model_density_cpu.json")
+    parser.add_argument("-o", "--out", default="benchmarks/results/model_density_2026-11-27_cpu_6019ec71.json")
     args = parser.parse_args(argv)
 
     import mace  # noqa: F401  (before e3nn)

@@ -19,7 +19,7 @@ import torch
 
 # "cueq-fused": cuEquivariance with each interaction's gather -> tensor product -> scatter in one
 # indexed SegmentedPolynomial call (fused_conv.py). It is what "auto" picks on a GPU: on an H200
-# (benchmarks/results/bench_h200_fused_*.md, MACE-OFF24(M) architecture, fp32, CUDA graphs)
+# (benchmarks/results/bench_2026-11-28_h200_fused_*.md, MACE-OFF24(M) architecture, fp32, CUDA graphs)
 # 7.3 against 11.0 ms/step at 1029 atoms and 51 against 85 at 10k, at 40-50 % of the memory,
 # with the same force error against fp64 eager mace (3.4e-6).
 BACKENDS = ("auto", "cueq", "cueq-fused", "e3nn")

@@ -97,7 +97,7 @@ def check_cuda(device: str) -> None:
 
 
 # Above this many atoms ``cudaGraphs`` defaults to off. Measured on an H100 with the
-# MACE-OFF24(M) architecture (benchmarks/results/bench_h100_session5_*.md): a captured step is
+# MACE-OFF24(M) architecture (benchmarks/results/bench_2026-11-28_h100_*.md): a captured step is
 # 2x faster at 3000 atoms (18.1 against 35.5 ms), no faster at 10k (58.4 against 57.9) and
 # slower at 28k (180 against 150); and openmm-torch's capture allocates a second copy of the
 # step's memory next to what its warm-up calls left cached. When that does not fit the process

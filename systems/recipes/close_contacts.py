@@ -1,7 +1,7 @@
 """Water dimers pushed into close contact: the repulsive wall the liquid's frames never show.
 
 Why: the models trained on liquid, cluster and gently displaced frames learn no wall below
-~1.5 A between molecules, and theirs turns over. The session-3 model (SHA-256 6019ec71) put a
+~1.5 A between molecules, and theirs turns over. The model 6019ec71 (SHA-256 6019ec71) put a
 head-on H...H contact at 0.6 A 0.28 eV *below* 2 A, where GFN2-xTB is +3.7 eV
 (`benchmarks/model_density.py`, section 6), and its 1029-atom NPT runs blew up (every O-H bond
 broken) after tens of picoseconds. A hole like that is found by MD sooner or later. Trained

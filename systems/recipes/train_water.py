@@ -38,7 +38,7 @@ Architecture and why (issue 3):
 * loss ``stress`` (energy per atom, forces, stress of the periodic frames; clusters carry no
   stress and get weight 0): energy 1 / forces 100 / stress 30000, then stage two (from epoch
   10 of 26, lr 1e-3) energy 1000 / forces 10 / stress 30000.  Stress (the E(V) slope) is what
-  a barostat samples.  Why forces 10 in stage two: with forces at 100 the session-3 model
+  a barostat samples.  Why forces 10 in stage two: with forces at 100 model 6019ec71
   ended at a 5.3 meV/atom energy RMSE (target 1.5), its error mostly a bias that depends on
   the environment (dense boxes -2.6, expanded boxes -5.0, small clusters -6.4 meV/atom),
   which made low densities too stable; at 5 meV/atom and 48 meV/A the energy term weighed
@@ -85,7 +85,7 @@ H200 of a 2-GPU machine, 26 epochs: 375 s of training, 416 s end to end).  On th
 without displaced and close-contact frames: forces 44.4 meV/A, energies 4.5 meV/atom (dense
 boxes 1.75, clusters 5.5), stress 0.50 meV/A^3; its dimer wall no longer turns over and its
 mean pressure error per config type is below 0.03 GPa on the liquid frames.  It expands
-under NPT all the same; ``benchmarks/results/npt_water1029_h200_session4.md`` shows why:
+under NPT all the same; ``benchmarks/results/npt_2026-11-28_h200_water1029_6a4d37cf.md`` shows why:
 GFN2-xTB's own pressure is positive on the boxes the liquid passes through.
 
 GPU-node note: mace prints its error tables with prettytable, which needs ``wcwidth``; the
@@ -378,7 +378,7 @@ def model_card(hp: dict, errors: dict, manifest: dict | None, command: list[str]
         "molecules (0.42 g/cm^3 after 7 ps), like every model trained here so far. GFN2-xTB's own pressure on the "
         "boxes such a run passes through is positive (+0.15 GPa at 0.84 g/cm^3, kinetic term included, 36 boxes, "
         "260-400 K), so the expansion is largely inherited from the level of theory, not a fitting error: use the "
-        "model in NVT or NVE at a fixed density. See `benchmarks/results/npt_water1029_h200_session4.md`.",
+        "model in NVT or NVE at a fixed density. See `benchmarks/results/npt_2026-11-28_h200_water1029_6a4d37cf.md`.",
         "",
     ]
     return "\n".join(lines)
