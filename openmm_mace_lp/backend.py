@@ -84,6 +84,9 @@ def convert_to_cueq(model: torch.nn.Module) -> torch.nn.Module:
     Conversion runs on the CPU: with ``device='cuda'`` mace enables conv fusion, which fails with
     cuequivariance 0.13 (FACTS.md); the converted model is moved to the GPU afterwards.
     """
+    from .upstream import import_mace
+
+    import_mace()
     from mace.cli.convert_e3nn_cueq import run as mace_convert_to_cueq
 
     if is_cueq_model(model):

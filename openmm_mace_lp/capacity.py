@@ -2,20 +2,26 @@
 
 With CUDA graphs the neighbour list has shapes fixed at export (``neighbors.plan_capacity``): a
 denser liquid, a shrinking box or a crowded cell could need more than it has. The force module
-never goes silently wrong (it returns NaN), but a run should not get there: between report
-intervals the simulation layer asks each watch whether a capacity is nearly used up, and if so
-re-exports the force sized for the current positions (openmm-torch then captures a new graph).
-The check runs the module's own neighbour list (``neighbor_stats``), outside the captured step.
+never goes silently wrong (+inf energy, NaN forces), but a run should not get there: between
+report intervals the simulation layer asks each watch whether a capacity is nearly used up, and
+if so re-exports the force sized for the current positions (openmm-torch then captures a new
+graph). The check runs the module's own neighbour list (``neighbor_stats``), outside the
+captured step.
+
+The watches are found in the System's own forces (each TorchForce's module, also inside a
+CustomCVForce), not in Python state attached to the System: a System handed back by a Context
+(``context.getSystem()``), a deep copy or an XML round trip keeps them.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import numpy as np
 
-# Attribute of the openmm.System on which the plug-in lists the modules it exported for it.
+# Attribute of the openmm.System on which the plug-in lists the modules it exported for it
+# (a record for people and tools; the watches do not depend on it).
 EXPORTS_ATTRIBUTE = "mace_lp_exports"
 # Grow once this share of the edge capacity is in use.
 DEFAULT_HEADROOM = 0.97
@@ -39,17 +45,21 @@ class CapacityUse:
             return f"a cell holds {self.fullest_cell} atoms, its capacity is {self.cell_capacity}"
         return None
 
+    @property
+    def exceeded(self) -> bool:
+        """True when the module's output was poisoned at these positions (a capacity overflowed)."""
+        over_cell = bool(self.cell_capacity) and self.fullest_cell > self.cell_capacity
+        return (not self.grid_ok) or self.edges > self.edge_capacity or over_cell
+
 
 class CapacityWatch:
-    """One exported fixed-capacity module, loaded a second time to run its neighbour list."""
+    """One fixed-capacity MACE module (the TorchForce's own), whose neighbour list it runs."""
 
-    def __init__(self, module_path: os.PathLike, device: str, headroom: float = DEFAULT_HEADROOM) -> None:
-        import torch
-
-        self.path = os.fspath(module_path)
+    def __init__(self, module, device: str, headroom: float = DEFAULT_HEADROOM, path: Optional[str] = None) -> None:
+        self.module = module
         self.device = device
         self.headroom = headroom
-        self.module = torch.jit.load(self.path, map_location=device)
+        self.path = path
 
     def use(self, positions_nm: np.ndarray, box_nm: Optional[np.ndarray]) -> CapacityUse:
         import torch
@@ -73,7 +83,38 @@ def record_export(system, module_path: os.PathLike, device: str, fixed_capacity:
     records.append({"path": os.fspath(module_path), "device": device, "fixed_capacity": fixed_capacity})
 
 
+def torch_forces(system) -> Iterator:
+    """Every TorchForce of ``system`` (as ``openmmtorch.TorchForce``), also those inside a
+    CustomCVForce (openmm-ml's interpolating mixed systems put them there)."""
+    import openmm
+
+    from .potential import import_openmmtorch
+
+    openmmtorch = import_openmmtorch()
+
+    def within(force) -> Iterator:
+        if openmmtorch.TorchForce.isinstance(force):
+            yield openmmtorch.TorchForce.cast(force)
+        elif isinstance(force, openmm.CustomCVForce):
+            for index in range(force.getNumCollectiveVariables()):
+                yield from within(force.getCollectiveVariable(index))
+
+    for force in system.getForces():
+        yield from within(force)
+
+
+def is_fixed_capacity_mace(module) -> bool:
+    """True for a module exported by this package with a fixed-capacity neighbour list."""
+    return hasattr(module, "neighbor_stats") and bool(getattr(module, "padded", False))
+
+
 def watches_for(system) -> List[CapacityWatch]:
-    """A watch for every fixed-capacity MACE force the plug-in added to this System."""
-    return [CapacityWatch(record["path"], record["device"])
-            for record in getattr(system, EXPORTS_ATTRIBUTE, []) if record["fixed_capacity"]]
+    """A watch for every fixed-capacity MACE force in this System."""
+    watches = []
+    for force in torch_forces(system):
+        module = force.getModule()
+        if not is_fixed_capacity_mace(module):
+            continue
+        device = str(module.node_attrs.device)
+        watches.append(CapacityWatch(module, device, path=force.getFile() or None))
+    return watches

@@ -1,7 +1,9 @@
 """The ``mace-lp`` command line: one sub-command per stage of the data path.
 
 Each stage's package registers its own sub-commands through a ``register(subparsers)``
-function, so this file only wires them together.
+function, so this file only wires them together. Commands run quietly: the known-harmless
+upstream warnings are filtered (``upstream``), and MDTraj's ``dcdplugin)`` lines are dropped
+from stdout; our own output, and every other upstream message, is kept.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Sequence
 _COMMAND_MODULES = (
     "openmm_mace_lp.commands",  # policies, export, run
     "openmm_mace_lp.simulations.cli",  # simulate, arms
+    "openmm_mace_lp.simulations.campaign",
     "openmm_mace_lp.analysis.cli",  # analyze, compare, report, static
     "openmm_mace_lp.bench",  # bench
     "openmm_mace_lp.profile",  # profile
@@ -38,8 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .upstream import install_warning_filters, without_dcd_plugin_lines
+
+    install_warning_filters()
     try:
-        return int(args.func(args) or 0)
+        with without_dcd_plugin_lines():
+            return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         # Our errors are written to be read by a person: no traceback.
         print(f"mace-lp {args.command}: error: {error}", file=sys.stderr)

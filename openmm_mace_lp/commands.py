@@ -9,7 +9,8 @@ from .policy import DEFAULT_POLICY, POLICIES, describe_policies
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    policies = subparsers.add_parser("policies", help="list the precision policies and what each changes")
+    policies = subparsers.add_parser("policies", help="the precision policies and what each changes "
+                                                      "(the README's table)")
     policies.set_defaults(func=_policies)
 
     export = subparsers.add_parser(
@@ -28,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="interaction energy (openmm-ml's default) or total energy with E0s")
     export.add_argument("--fixed-capacity", action="store_true",
                         help="fixed-capacity neighbour list sized from the file's positions, for "
-                             "TorchForce(path, {'useCUDAGraphs': 'true'}) (NaN if ever exceeded)")
+                             "TorchForce(path, {'useCUDAGraphs': 'true'}) (if ever exceeded: +inf "
+                             "energy, NaN forces)")
     export.add_argument("--margin", type=float, default=None,
                         help="spare edge capacity with --fixed-capacity, a fraction (default 0.1)")
     export.add_argument("-o", "--output", required=True, help="output .pt file")
@@ -42,11 +44,12 @@ def _policies(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from .export import export_to_file, read_metadata
-    from .model_files import default_model_path
+    from .model_files import check_model_path, default_model_path
     from .potential import check_cuda, neighbor_capacity
 
     model = default_model_path() if args.model == "default" else Path(args.model)
     structure = read_structure(args.topology)
+    check_model_path(model)
     topology = structure.topology
     check_cuda(args.device)
     if args.margin is not None and not args.fixed_capacity:

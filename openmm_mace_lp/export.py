@@ -3,13 +3,19 @@
 The module takes OpenMM's positions and box vectors (nm), builds the neighbour list on the same
 device, evaluates MACE and returns the energy (kJ/mol) and forces (kJ/mol/nm), so a TorchForce
 with ``setOutputsForces(True)`` keeps the whole step on the GPU. Exported files are cached on
-disk under a key of everything that changes their content.
+disk under a key of everything that changes their content: the model file's hash, the policy,
+backend, atoms, device and capacities, the library versions and the source code of every
+module of this package that shapes the exported module (``SHAPING_MODULES``); a cached file
+whose own SHA-256 no longer matches the one recorded beside it is rebuilt.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
+import importlib.util
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -19,22 +25,52 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import __version__
-from .atomic import atomic_path
+from .atomic import atomic_path, atomic_write_text
 from .backend import CUEQ_BACKENDS, convert_to_cueq, make_scriptable, model_layout, resolve_backend
 from .fused_conv import fuse_convolutions, keep_weights_low
 from .linears import apply_policy_layers
-from .neighbors import NeighborCapacity, neighbor_list, padded_neighbor_list
-from .policy import MATMUL_BF16, MATMUL_FP16, Policy, get_policy
+from .neighbors import CANDIDATES_PER_CHUNK, NeighborCapacity, neighbor_list, padded_neighbor_list
+from .policy import MATMUL_BF16, MATMUL_FP16, Policy, get_policy, require_fp32_accumulation
+
+logger = logging.getLogger(__name__)
 
 # CODATA 2018: N_A * e / 1000.
 EV_TO_KJ_PER_MOL = 96.48533212331002
 ANGSTROM_PER_NM = 10.0
 ENERGY_TYPES = ("interaction_energy", "energy")
 METADATA_FILE = "openmm_mace_lp.json"
-# Part of every export's cache key: raise it whenever the code of an exported module changes,
-# so that modules cached by an older version are rebuilt (2: fused radial MLP in edge chunks,
-# low-precision tensor-product weights).
-EXPORT_FORMAT = 2
+# The modules of this package whose code ends up in, or decides, an exported module: their
+# source is part of every export's cache key, so editing any of them rebuilds the cache.
+SHAPING_MODULES = ("export", "neighbors", "backend", "fused_conv", "linears", "policy")
+# Beside each cached module: its SHA-256 (hex), checked before the module is served.
+DIGEST_SUFFIX = ".sha256"
+
+
+@functools.lru_cache(maxsize=None)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def shaping_source_files() -> List[Path]:
+    """The source files of ``SHAPING_MODULES``."""
+    files = []
+    for name in SHAPING_MODULES:
+        spec = importlib.util.find_spec(f"{__package__}.{name}")
+        if spec is None or spec.origin is None:
+            raise RuntimeError(f"cannot find the source of {__package__}.{name} for the export cache key")
+        files.append(Path(spec.origin))
+    return files
+
+
+def source_digest(files: Optional[Sequence[Path]] = None) -> str:
+    """SHA-256 over the names and contents of the source files that shape an exported module."""
+    digest = hashlib.sha256()
+    for path in shaping_source_files() if files is None else files:
+        stat = os.stat(path)
+        digest.update(Path(path).name.encode() + b"\0" + _file_sha256(os.fspath(path), stat.st_size,
+                                                                      stat.st_mtime_ns).encode())
+    return digest.hexdigest()
 
 
 class MACEForce(torch.nn.Module):
@@ -42,15 +78,23 @@ class MACEForce(torch.nn.Module):
 
     With a ``capacity`` the neighbour list has fixed shapes and the call never waits for the
     device, so openmm-torch can capture it in a CUDA graph; if a capacity is exceeded the energy
-    and forces are NaN (never silently wrong), and ``neighbor_stats`` tells by how much. Such a
-    module returns the same two output tensors from every call (see ``energy_out``).
+    is +inf and the forces NaN (never silently wrong; +inf makes a barostat reject the trial,
+    which NaN would not), and ``neighbor_stats`` tells by how much. Non-finite positions or box
+    vectors give NaN energy and forces on every path. A fixed-capacity module returns the same
+    two output tensors from every call (see ``energy_out``).
+
+    A ``scaled`` module multiplies both outputs by one more argument, a TorchForce global
+    parameter (``createMixedSystem(..., interpolate=True)``'s ``lambda_interpolate``).
+    openmm-torch passes global parameters after the box vectors, so a non-periodic module
+    receives it in the box's place.
     """
 
     def __init__(self, model: torch.nn.Module, node_attrs: torch.Tensor, atom_indices: Optional[torch.Tensor],
                  num_atoms_total: int, periodic: bool, dtype: torch.dtype, energy_type: str,
-                 capacity: Optional[NeighborCapacity] = None) -> None:
+                 capacity: Optional[NeighborCapacity] = None, scaled: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.scaled = scaled
         self.register_buffer("node_attrs", node_attrs.to(dtype))
         n = node_attrs.shape[0]
         self.register_buffer("batch", torch.zeros(n, dtype=torch.long))
@@ -68,11 +112,14 @@ class MACEForce(torch.nn.Module):
         self.kj_per_ev = EV_TO_KJ_PER_MOL
         self.padded = capacity is not None
         fixed = capacity if capacity is not None else NeighborCapacity((), (), 0, 0)
-        self.grid: List[int] = list(fixed.grid) if fixed.grid else [1, 1, 1]
-        self.register_buffer("stencil", fixed.stencil())
+        grid, stencil, list_cell_capacity = fixed.list_arguments(n)
+        self.grid: List[int] = grid
+        self.register_buffer("stencil", stencil)
+        # Reported capacity (0: no cell limit, non-periodic) and the one the list is built with.
         self.cell_capacity = fixed.cell_capacity
+        self.list_cell_capacity = list_cell_capacity
         self.edge_capacity = fixed.edge_capacity
-        self.chunk_atoms = fixed.chunk_atoms()
+        self.max_candidates = CANDIDATES_PER_CHUNK
         # Static outputs for CUDA graphs. openmm-torch 1.5 captures one graph per includeForces
         # value and keeps the output tensors of the *last captured* graph, so replays of the other
         # graph hand OpenMM stale results: stale energies for energy-only calls (a barostat's
@@ -93,30 +140,51 @@ class MACEForce(torch.nn.Module):
             cell = boxvectors.to(self.dtype) * self.angstrom_per_nm
         return pos, cell
 
+    def _finite_inputs(self, pos: torch.Tensor, cell: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """(inputs finite: bool tensor, positions and cell for the neighbour list).
+
+        A NaN or infinite coordinate would bin its atom nowhere: it would silently drop out of
+        the list. The list gets finite stand-ins (computed on the device, no host sync) and the
+        caller poisons the result with ``finite``.
+        """
+        finite = torch.isfinite(pos).all()
+        list_pos = torch.where(torch.isfinite(pos), pos, torch.zeros_like(pos))
+        list_cell: Optional[torch.Tensor] = None
+        if cell is not None:
+            finite = finite & torch.isfinite(cell).all()
+            stand_in = torch.eye(3, dtype=cell.dtype, device=cell.device) * (4.0 * self.cutoff)
+            list_cell = torch.where(torch.isfinite(cell).all(), cell, stand_in)
+        return finite, list_pos, list_cell
+
     @torch.jit.export
     def neighbor_stats(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[edges needed, edge capacity, atoms in the fullest cell, cell capacity, grid valid]."""
         pos, cell = self._inputs(positions, boxvectors)
+        _, pos, cell = self._finite_inputs(pos, cell)
         if not self.padded:
             edges, _ = neighbor_list(pos, cell, self.cutoff)
             return torch.tensor([edges.shape[1], edges.shape[1], 0, 0, 1])
-        _, _, stats = padded_neighbor_list(pos, cell, self.cutoff, self.grid, self.stencil, self.cell_capacity,
-                                           self.edge_capacity, self.chunk_atoms)
+        _, _, stats = padded_neighbor_list(pos, cell, self.cutoff, self.grid, self.stencil, self.list_cell_capacity,
+                                           self.edge_capacity, self.max_candidates)
         limits = torch.tensor([self.edge_capacity, self.cell_capacity], device=stats.device)
         return torch.stack([stats[0], limits[0], stats[1], limits[1], stats[2]]).cpu()
 
-    def forward(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor] = None,
+                scale: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.scaled and not self.periodic:
+            scale = boxvectors  # openmm-torch: no box for a non-periodic force, the parameter comes next
         pos, cell = self._inputs(positions, boxvectors)
+        finite, list_pos, list_cell = self._finite_inputs(pos, cell)
         overflow = torch.zeros((), dtype=torch.bool, device=pos.device)
         if self.padded:
             edge_index, shifts, stats = padded_neighbor_list(
-                pos, cell, self.cutoff, self.grid, self.stencil, self.cell_capacity, self.edge_capacity,
-                self.chunk_atoms)
+                list_pos, list_cell, self.cutoff, self.grid, self.stencil, self.list_cell_capacity,
+                self.edge_capacity, self.max_candidates)
             overflow = (stats[0] > self.edge_capacity) | (stats[2] == 0)
             if self.periodic:
                 overflow = overflow | (stats[1] > self.cell_capacity)
         else:
-            edge_index, shifts = neighbor_list(pos, cell, self.cutoff)
+            edge_index, shifts = neighbor_list(list_pos, list_cell, self.cutoff)
         data: Dict[str, torch.Tensor] = {
             "positions": pos,
             "node_attrs": self.node_attrs,
@@ -131,14 +199,25 @@ class MACEForce(torch.nn.Module):
         energy = out[self.energy_type]
         forces = out["forces"]
         assert energy is not None and forces is not None
-        # A capacity overflow makes both outputs NaN: the step is poisoned, never silently wrong.
-        poison = torch.where(overflow, torch.full_like(overflow, float("nan"), dtype=forces.dtype),
-                             torch.zeros_like(overflow, dtype=forces.dtype))
-        energy = energy.detach().sum() * self.kj_per_ev + poison
-        forces = forces.detach() * (self.kj_per_ev * self.angstrom_per_nm) + poison
+        # Never silently wrong: a capacity overflow gives +inf energy (a Monte Carlo barostat
+        # rejects such a trial; NaN it would accept, as `NaN > 0` is false) and NaN forces (a
+        # step is poisoned); non-finite inputs give NaN for both.
+        zero = torch.zeros((), dtype=forces.dtype, device=forces.device)
+        nan = torch.full((), float("nan"), dtype=forces.dtype, device=forces.device)
+        inf = torch.full((), float("inf"), dtype=forces.dtype, device=forces.device)
+        energy_poison = torch.where(overflow, inf, zero) + torch.where(finite, zero, nan)
+        force_poison = torch.where(overflow | ~finite, nan, zero)
+        energy = energy.detach().sum() * self.kj_per_ev + energy_poison
+        forces = forces.detach() * (self.kj_per_ev * self.angstrom_per_nm) + force_poison
         if self.use_subset:
             full = torch.zeros((self.num_atoms_total, 3), dtype=forces.dtype, device=forces.device)
             forces = full.index_copy(0, self.atom_indices, forces)
+        if self.scaled:
+            if scale is None:
+                raise RuntimeError("this MACE force is scaled by a global parameter: pass its value")
+            factor = scale.to(forces.dtype).reshape(())
+            energy = energy * factor
+            forces = forces * factor
         if self.padded:
             self.energy_out.copy_(energy)
             self.forces_out.copy_(forces)
@@ -160,8 +239,9 @@ class ExportSpec:
     energy_type: str
     device: str
     neighbor_capacity: Optional[Dict[str, object]] = None
+    scaled: bool = False
     versions: Dict[str, str] = field(default_factory=dict)
-    export_format: int = EXPORT_FORMAT
+    source_sha256: str = ""
 
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
@@ -216,6 +296,9 @@ def prepare_model(model: torch.nn.Module, policy: Policy, backend: str) -> Tuple
 
 def script_module(module: torch.nn.Module) -> torch.jit.ScriptModule:
     """TorchScript the MACE force; e3nn modules need e3nn's own compile first."""
+    from .upstream import import_mace
+
+    import_mace()
     from e3nn.util import jit as e3nn_jit
 
     module.model = e3nn_jit.compile(module.model)
@@ -234,6 +317,7 @@ def build_force_module(
     device: str | torch.device = "cpu",
     energy_type: str = "interaction_energy",
     capacity: Optional[NeighborCapacity] = None,
+    scaled: bool = False,
 ) -> torch.jit.ScriptModule:
     """The scripted MACEForce for these atoms, on ``device``."""
     policy = get_policy(policy_name)
@@ -248,7 +332,8 @@ def build_force_module(
     )
     indices = None if atom_indices is None else torch.tensor(list(atom_indices), dtype=torch.long)
     total = len(atomic_numbers) if num_atoms_total is None else num_atoms_total
-    force = MACEForce(prepared, node_attrs, indices, total, periodic, policy.model_dtype, energy_type, capacity)
+    force = MACEForce(prepared, node_attrs, indices, total, periodic, policy.model_dtype, energy_type, capacity,
+                      scaled)
     return script_module(force.to(device))
 
 
@@ -257,6 +342,30 @@ def read_metadata(path: os.PathLike) -> dict:
     extra = {METADATA_FILE: ""}
     torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
     return json.loads(extra[METADATA_FILE])
+
+
+def digest_path(cached: Path) -> Path:
+    return cached.with_name(cached.name + DIGEST_SUFFIX)
+
+
+def cached_export_intact(cached: Path) -> bool:
+    """True when ``cached`` exists and its SHA-256 is the one recorded when it was written.
+
+    A missing record, or a file changed since (a disk error, a partial copy, an edit), means the
+    module is rebuilt: torch.jit.load of a damaged archive may fail far from here, or not at all.
+    """
+    from .model_files import sha256_of
+
+    if not cached.is_file():
+        return False
+    record = digest_path(cached)
+    recorded = record.read_text().strip() if record.is_file() else ""
+    found = sha256_of(cached)
+    if found == recorded:
+        return True
+    logger.warning("cached export %s %s; rebuilding it", cached,
+                   f"has SHA-256 {found}, recorded {recorded}" if recorded else "has no recorded SHA-256")
+    return False
 
 
 def export_to_file(
@@ -272,17 +381,21 @@ def export_to_file(
     device: str | torch.device = "cpu",
     energy_type: str = "interaction_energy",
     capacity: Optional[NeighborCapacity] = None,
+    scaled: bool = False,
 ) -> Path:
     """The TorchScript file for this model, policy and system: from the cache, or built into it.
 
     With ``output`` the cached file is also copied there (atomically) for the user to keep. With
-    a ``capacity`` the neighbour list has fixed shapes (CUDA-graph capturable).
+    a ``capacity`` the neighbour list has fixed shapes (CUDA-graph capturable); ``scaled``: see
+    ``MACEForce``.
     """
-    from .model_files import cache_dir, load_mace_model, sha256_of
+    from .model_files import cache_dir, check_model_path, load_mace_model, sha256_of
 
-    get_policy(policy_name)
+    policy = get_policy(policy_name)
+    require_fp32_accumulation(policy)
     device = torch.device(device)
     resolved_backend = resolve_backend(backend, device)
+    check_model_path(model_path)
     spec = ExportSpec(
         model_sha256=sha256_of(model_path),
         policy=policy_name,
@@ -294,19 +407,23 @@ def export_to_file(
         energy_type=energy_type,
         device=device.type,
         neighbor_capacity=None if capacity is None else asdict(capacity),
+        scaled=bool(scaled),
         versions=library_versions(),
+        source_sha256=source_digest(),
     )
     cached = cache_dir() / "exports" / f"{spec.key()}.pt"
-    if not cached.is_file():
+    if not cached_export_intact(cached):
         model = load_mace_model(model_path)
         module = build_force_module(
             model, policy_name, resolved_backend, atomic_numbers, atom_indices=atom_indices,
             num_atoms_total=num_atoms_total, periodic=periodic, device=device, energy_type=energy_type,
-            capacity=capacity,
+            capacity=capacity, scaled=scaled,
         )
         metadata = {**asdict(spec), "model_path": os.fspath(model_path), "cutoff_angstrom": float(model.r_max)}
         with atomic_path(cached) as tmp:
             torch.jit.save(module, os.fspath(tmp), _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)})
+            digest = sha256_of(tmp)
+        atomic_write_text(digest_path(cached), digest + "\n")
     if output is None:
         return cached
     with atomic_path(output) as tmp:

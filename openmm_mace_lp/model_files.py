@@ -1,15 +1,20 @@
 """Model-file stage: find (download, verify, cache) and load a MACE model.
 
-Known models are fetched from their published URLs into a user cache, checked against a
-SHA-256 digest and written atomically, so an interrupted download never leaves a file that
-looks valid. Local files are checked before torch unpickles them, so a missing, truncated or
-foreign file fails with a message that says what to do.
+A MACE ``.model`` file is a pickle: loading it runs whatever code the file names, so only
+load files you trust. Known models are fetched from their published URLs into a user cache
+(with an overall deadline), checked against a SHA-256 digest and written atomically, so an
+interrupted download never leaves a file that looks valid; the embedded model is checked
+against the SHA-256 on its model card. Both checks run again right before every unpickling.
+Local files are checked before torch unpickles them, so a missing, truncated or foreign file
+(or a directory) fails with a message that says what to do.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import shutil
+import re
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -53,7 +58,13 @@ KNOWN_MODELS = {
 }
 
 LOCAL_MODEL_NAME = "mace-lp"
-DEFAULT_MODEL_FILE = "mace-water-gfn2.model"
+# The embedded model, first one present: the AMOEBA-trained model replaces the GFN2-xTB one.
+EMBEDDED_MODEL_FILES = ("mace-water-amoeba.model", "mace-water-gfn2.model")
+# A download that has not finished after this long is abandoned (the socket timeout alone
+# would let a server that trickles bytes keep it going for ever).
+DOWNLOAD_DEADLINE_S = 1800.0
+_SOCKET_TIMEOUT_S = 60.0
+_CARD_DIGEST = re.compile(r"SHA-256 `([0-9a-f]{64})`")
 
 
 def cache_dir() -> Path:
@@ -74,21 +85,91 @@ def sha256_of(path: os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def default_model_path() -> Path:
-    """The MACE water model trained by this project, shipped inside the package."""
+def embedded_models_dir() -> Path:
+    """The folder of the models shipped inside the package (``systems/models``)."""
     from openmm_mace_lp import systems
 
-    path = Path(systems.__file__).parent / "models" / DEFAULT_MODEL_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"The embedded default model {path} is missing from this installation; reinstall "
-            f"openmm-mace-lp or pass modelPath='your.model'."
+    return Path(systems.__file__).parent / "models"
+
+
+def default_model_path() -> Path:
+    """The MACE water model trained by this project, shipped inside the package."""
+    directory = embedded_models_dir()
+    for name in EMBEDDED_MODEL_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    raise FileNotFoundError(
+        f"The embedded default model ({' or '.join(EMBEDDED_MODEL_FILES)}) is missing from "
+        f"{directory}; reinstall openmm-mace-lp or pass modelPath='your.model'."
+    )
+
+
+def card_sha256(model_path: os.PathLike) -> str:
+    """The SHA-256 an embedded model's card (``<name>.md``, else ``<name>.test_errors.json``) gives."""
+    path = Path(model_path)
+    card = path.with_suffix(".md")
+    if card.is_file():
+        found = _CARD_DIGEST.search(card.read_text(encoding="utf-8"))
+        if found:
+            return found.group(1)
+    errors = path.with_name(path.stem + ".test_errors.json")
+    if errors.is_file():
+        digest = json.loads(errors.read_text(encoding="utf-8")).get("model_sha256")
+        if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest):
+            return digest
+    raise ValueError(
+        f"The embedded model {path.name} has no card giving its SHA-256 ({card.name} with a line "
+        f"'SHA-256 `<digest>`', or {errors.name}); reinstall openmm-mace-lp."
+    )
+
+
+def expected_sha256(path: os.PathLike) -> Optional[str]:
+    """The digest a file must have to be loaded: the card's for the embedded model, the
+    registry's for a cached known model, None for any other file (the user's own)."""
+    path = Path(path)
+    try:
+        resolved = path.resolve()
+    except OSError:
+        return None
+    if resolved.parent == embedded_models_dir().resolve():
+        return card_sha256(resolved)
+    known = {m.filename: m for m in KNOWN_MODELS.values()}
+    if resolved.name in known and resolved.parent == (cache_dir() / "models").resolve():
+        return known[resolved.name].sha256
+    return None
+
+
+def verify_sha256(path: os.PathLike, expected: str) -> None:
+    """Refuse a file whose SHA-256 is not ``expected`` (before anything unpickles it)."""
+    found = sha256_of(path)
+    if found != expected:
+        raise ValueError(
+            f"{path} has SHA-256 {found}, expected {expected}: the file is corrupt or was "
+            f"replaced. It was not loaded (a .model file is a pickle and runs code when "
+            f"loaded); reinstall or re-download it, or pass your own file as modelPath=."
         )
-    return path
 
 
-def download_known_model(model: KnownModel, directory: Optional[Path] = None) -> Path:
-    """Return the cached file of a known model, downloading and verifying it if needed."""
+def _copy_with_deadline(remote, local, deadline: float) -> None:
+    """Copy a response to a file in blocks, giving up once ``deadline`` (monotonic) has passed."""
+    # read1 returns what has arrived (at most one socket read), so a server that trickles
+    # bytes cannot hold a single call for longer than the socket timeout.
+    read = getattr(remote, "read1", remote.read)
+    while True:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the download did not finish in time")
+        block = read(1 << 16)
+        if not block:
+            return
+        local.write(block)
+
+
+def download_known_model(model: KnownModel, directory: Optional[Path] = None,
+                         deadline_s: float = DOWNLOAD_DEADLINE_S) -> Path:
+    """Return the cached file of a known model, downloading and verifying it if needed.
+
+    The whole download must finish within ``deadline_s`` seconds; otherwise it is discarded.
+    """
     directory = directory or cache_dir() / "models"
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / model.filename
@@ -99,16 +180,23 @@ def download_known_model(model: KnownModel, directory: Optional[Path] = None) ->
         f"MLPotential('{LOCAL_MODEL_NAME}', modelPath='/path/to/{model.filename}'), "
         f"or copy it to {target}."
     )
+    deadline = time.monotonic() + deadline_s
     try:
         with atomic_path(target) as tmp:
-            with open(tmp, "wb") as local, urllib.request.urlopen(model.url, timeout=60) as remote:
-                shutil.copyfileobj(remote, local)
+            timeout = min(_SOCKET_TIMEOUT_S, deadline_s)
+            with open(tmp, "wb") as local, urllib.request.urlopen(model.url, timeout=timeout) as remote:
+                _copy_with_deadline(remote, local, deadline)
             digest = sha256_of(tmp)
             if digest != model.sha256:  # raised inside: the download is discarded
                 raise RuntimeError(
                     f"Downloaded {model.url} has SHA-256 {digest}, expected {model.sha256}; the file "
                     f"was discarded. {offline_hint}"
                 )
+    except TimeoutError:
+        raise RuntimeError(
+            f"Cannot download model {model.name!r}: it did not finish within {deadline_s:g} s and "
+            f"was discarded. {offline_hint}"
+        ) from None
     except (urllib.error.URLError, OSError) as error:
         raise RuntimeError(f"Cannot download model {model.name!r} ({error}). {offline_hint}") from None
     return target
@@ -126,12 +214,23 @@ def resolve_model_path(name: str, model_path: Optional[os.PathLike]) -> Path:
     raise ValueError(f"Unknown model name {name!r}. Valid names: {valid}.")
 
 
-def check_model_file(path: Path) -> None:
-    """Fail clearly on a missing, empty, truncated or non-torch file before unpickling."""
+def check_model_path(path: os.PathLike) -> None:
+    """The cheap checks of a ``modelPath``: it exists and is a file (one line each)."""
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"MACE model file {path} does not exist; check modelPath=.")
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.model"))
+        example = f"'{path / inside[0]}'" if inside else "'/path/to/your.model'"
+        raise ValueError(f"modelPath={str(path)!r} is a directory; pass the .model file itself, "
+                         f"e.g. modelPath={example}.")
     if not path.is_file():
-        raise ValueError(f"MACE model path {path} is not a file; pass the .model file itself as modelPath=.")
+        raise ValueError(f"MACE model path {path} is not a regular file; pass the .model file as modelPath=.")
+
+
+def check_model_file(path: Path) -> None:
+    """Fail clearly on a missing, empty, truncated or non-torch file (or a folder) before unpickling."""
+    check_model_path(path)
     if path.stat().st_size == 0:
         raise ValueError(f"MACE model file {path} is empty; re-download or re-train it.")
     if not zipfile.is_zipfile(path):
@@ -149,13 +248,23 @@ def check_model_file(path: Path) -> None:
         raise ValueError(f"MACE model file {path} is corrupt (member {bad} fails its CRC); re-download it.")
 
 
-def load_mace_model(path: os.PathLike):
-    """Load a MACE model saved by mace-torch (a pickled torch module) on the CPU, checked."""
-    import mace  # noqa: F401  (mace must be imported before e3nn/torch.load of its classes)
+def load_mace_model(path: os.PathLike, sha256: Optional[str] = None):
+    """Load a MACE model saved by mace-torch (a pickled torch module) on the CPU, checked.
+
+    The file is unpickled (``weights_only=False``: a MACE model is a pickled module), so it
+    must be trusted. The embedded model and cached known models are first checked against
+    their recorded SHA-256 (``expected_sha256``), any file against ``sha256`` when given.
+    """
     import torch
 
+    from .upstream import import_mace
+
+    import_mace()  # mace's classes must be importable before unpickling
     path = Path(path)
     check_model_file(path)
+    expected = sha256 or expected_sha256(path)
+    if expected is not None:
+        verify_sha256(path, expected)
     try:
         model = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - unpickling can fail in many ways

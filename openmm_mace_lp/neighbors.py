@@ -11,10 +11,12 @@ atom's own. A box thinner than the cutoff along some direction gets one cell the
 stencil of periodic images (``ceil(cutoff / width)`` on each side), so small boxes are handled
 with as many images as the cutoff needs instead of being refused. Memory is O(N * 27 * atoms per
 cell), processed in chunks, i.e. linear in N. Non-periodic systems use a grid over the bounding
-box without wrapping.
+box without wrapping. One function (``cell_list``) does this, with shapes fixed in advance (the
+CUDA-graph path) or sized from the data.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -29,114 +31,23 @@ def _stencil(half_width: List[int], device: torch.device) -> torch.Tensor:
     return torch.stack([g.reshape(-1) for g in grid], dim=1)
 
 
-def neighbor_list(
-    positions: torch.Tensor, cell: Optional[torch.Tensor], cutoff: float, max_candidates: int = 8000000
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Edges (sender, receiver) [2, E] int64 and shifts [E, 3] for pairs closer than ``cutoff``.
-
-    ``cell`` holds the box vectors as rows (any triclinic cell, e.g. OpenMM's reduced form) or is
-    None for a non-periodic system. Positions need not be wrapped into the box. At most
-    ``max_candidates`` candidate pairs (~40 bytes each) are examined at once.
-    """
-    positions = positions.detach()
-    device, dtype = positions.device, positions.dtype
-    n_atoms = positions.shape[0]
-    periodic = cell is not None
-    # Non-periodic systems use a zero box: every image is 0, so every shift is 0.
-    box = torch.zeros((3, 3), dtype=dtype, device=device)
-    if cell is not None:
-        box = cell
-        inverse = torch.linalg.inv(cell)
-        frac_raw = positions @ inverse
-        image_of_atom = torch.floor(frac_raw)
-        frac = frac_raw - image_of_atom  # in [0, 1)
-        volume = torch.abs(torch.linalg.det(cell))
-        widths = torch.stack([
-            volume / torch.linalg.norm(torch.linalg.cross(cell[1], cell[2])),
-            volume / torch.linalg.norm(torch.linalg.cross(cell[2], cell[0])),
-            volume / torch.linalg.norm(torch.linalg.cross(cell[0], cell[1])),
-        ])
-        counts_per_dim = torch.clamp(torch.floor(widths / cutoff), min=1.0)
-        half_width = torch.ceil(cutoff * counts_per_dim / widths - 1e-9)
-        grid_coord = frac * counts_per_dim
-        wrapped = frac @ cell
-    else:
-        origin = positions.min(dim=0).values
-        extent = positions.max(dim=0).values - origin
-        counts_per_dim = torch.clamp(torch.floor(extent / cutoff), min=1.0)
-        cell_size = torch.maximum(extent / counts_per_dim, torch.full_like(extent, cutoff))
-        half_width = torch.ones(3, dtype=dtype, device=device)
-        grid_coord = (positions - origin) / cell_size
-        image_of_atom = torch.zeros_like(positions)
-        wrapped = positions
-    counts_list: List[float] = counts_per_dim.tolist()
-    halves_list: List[float] = half_width.tolist()
-    dims: List[int] = [int(v) for v in counts_list]
-    halves: List[int] = [max(int(v), 1) for v in halves_list]
-    n_cells_dim = torch.tensor(dims, device=device)
-    atom_cell = torch.minimum(torch.floor(grid_coord).long().clamp(min=0), n_cells_dim - 1)  # [N, 3]
-    cell_id = (atom_cell[:, 0] * dims[1] + atom_cell[:, 1]) * dims[2] + atom_cell[:, 2]
-    order = torch.argsort(cell_id)
-    atoms_in_cell = torch.bincount(cell_id, minlength=dims[0] * dims[1] * dims[2])
-    cell_start = torch.cumsum(atoms_in_cell, 0) - atoms_in_cell
-    max_per_cell = int(atoms_in_cell.max().item())
-    offsets = _stencil(halves, device)  # [S, 3]
-    n_offsets = offsets.shape[0]
-    slot = torch.arange(max_per_cell, device=device)
-    cutoff2 = cutoff * cutoff
-    chunk = max(1, max_candidates // max(1, n_offsets * max_per_cell))
-    senders: List[torch.Tensor] = []
-    receivers: List[torch.Tensor] = []
-    images: List[torch.Tensor] = []
-    for first in range(0, n_atoms, chunk):
-        i = torch.arange(first, min(first + chunk, n_atoms), device=device)
-        target = atom_cell[i].unsqueeze(1) + offsets.unsqueeze(0)  # [n, S, 3]
-        if periodic:
-            image = torch.div(target, n_cells_dim, rounding_mode="floor")
-            target = target - image * n_cells_dim
-            valid_cell = torch.ones(target.shape[:2], dtype=torch.bool, device=device)
-        else:
-            image = torch.zeros_like(target)
-            valid_cell = ((target >= 0) & (target < n_cells_dim)).all(dim=-1)
-            target = torch.minimum(target.clamp(min=0), n_cells_dim - 1)
-        target_id = (target[..., 0] * dims[1] + target[..., 1]) * dims[2] + target[..., 2]
-        start = cell_start[target_id].unsqueeze(-1)  # [n, S, 1]
-        filled = slot < atoms_in_cell[target_id].unsqueeze(-1)  # [n, S, M]
-        mask = filled & valid_cell.unsqueeze(-1)
-        j = order[(start + slot).clamp(max=n_atoms - 1)]  # [n, S, M]
-        image_full = image.unsqueeze(2).expand(-1, -1, max_per_cell, -1)
-        i_full = i.view(-1, 1, 1).expand_as(j)
-        i_sel, j_sel, image_sel = i_full[mask], j[mask], image_full[mask]
-        vec = wrapped[j_sel] + image_sel.to(dtype) @ box - wrapped[i_sel]
-        distance2 = (vec * vec).sum(dim=-1)
-        is_self = (i_sel == j_sel) & (image_sel == 0).all(dim=-1)
-        keep = (distance2 < cutoff2) & ~is_self
-        senders.append(i_sel[keep])
-        receivers.append(j_sel[keep])
-        images.append(image_sel[keep])
-    sender = torch.cat(senders)
-    receiver = torch.cat(receivers)
-    # Pair vectors refer to the unwrapped positions MACE receives.
-    lattice_shift = torch.cat(images).to(dtype) + image_of_atom[sender] - image_of_atom[receiver]
-    return torch.stack([sender, receiver]), lattice_shift @ box
-
-
 # ---------------------------------------------------------------------------------------------
-# Fixed-capacity neighbour list: static shapes, no host synchronisation, CUDA-graph capturable.
+# One cell list, two ways of sizing it.
 #
-# The list above sizes its tensors from the data (``.tolist()``, ``.item()``, boolean masks), so
-# every call waits for the GPU and its shapes change from step to step: it cannot be captured in a
-# CUDA graph, and openmm-torch's ``useCUDAGraphs`` is what removes the 2-5x host overhead of the
-# MACE step below ~3000 atoms. This variant fixes every shape when the module is exported: the cell
-# grid (cells per box vector, chosen with a margin so the box may shrink under a barostat), the
-# atoms per cell, and the number of edges. Unused edge slots are padding: self-pairs (sender =
-# receiver, spread over all atoms) with a shift longer than the cutoff, so MACE's polynomial
-# envelope (exactly zero beyond r_max) and its bias-free radial MLP give them exactly zero
-# messages and zero force. Whether the
-# capacities held is returned as ``stats`` (edges needed, fullest cell, grid still valid), computed
-# on the device; the force module poisons its output with NaN when they did not, so an overflow is
-# never silent, and the simulation layer checks ``stats`` between report intervals to grow the
-# capacities before that happens (``capacity.py``).
+# ``cell_list`` is the only implementation. Given capacities (cells per box vector, atoms per
+# cell, edges) every shape is fixed when the module is exported and nothing waits for the device,
+# so the call can be captured in a CUDA graph: openmm-torch's ``useCUDAGraphs`` is what removes the
+# 2-5x host overhead of the MACE step below ~3000 atoms. The grid is chosen with a margin so the
+# box may shrink under a barostat. Unused edge slots are padding: self-pairs (sender = receiver,
+# spread over all atoms) with a shift longer than the cutoff, so MACE's polynomial envelope
+# (exactly zero beyond r_max) and its bias-free radial MLP give them exactly zero messages and
+# zero force. Whether the capacities held is returned as ``stats`` (edges needed, fullest cell,
+# grid still valid), computed on the device; the force module poisons its output when they did
+# not (``export.MACEForce``), so an overflow is never silent, and the simulation layer checks
+# ``stats`` between report intervals to grow the capacities before that happens
+# (``capacity.py``). Without capacities (``neighbor_list``) the grid comes from the box of the
+# moment and the atoms per cell and edges from the data (host synchronisation, shapes that change
+# from step to step): the list for runs without CUDA graphs and for sizing the fixed one.
 # ---------------------------------------------------------------------------------------------
 
 def _reciprocal_rows(cell: torch.Tensor) -> torch.Tensor:
@@ -168,6 +79,172 @@ def _compact(keep: torch.Tensor, sender: torch.Tensor, receiver: torch.Tensor, i
     return offset + kept.sum()
 
 
+def cell_list(
+    positions: torch.Tensor,
+    cell: Optional[torch.Tensor],
+    cutoff: float,
+    grid: List[int],
+    stencil: torch.Tensor,
+    cell_capacity: int,
+    edge_capacity: int,
+    max_candidates: int,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Edges (sender, receiver) [2, E], shifts [E, 3] and stats [3] (int64 on the device: edges
+    needed, atoms in the fullest cell, 1 if the grid still covers the cutoff else 0).
+
+    ``pos[receiver] - pos[sender] + shift`` is the pair vector of every ordered pair closer than
+    ``cutoff`` (each lattice image apart). ``cell`` holds the box vectors as rows (any triclinic
+    cell, e.g. OpenMM's reduced form) or is None (non-periodic: the grid spans the atoms'
+    bounding box, cells at least ``cutoff`` wide). Positions need not be wrapped. Atoms are binned
+    into ``grid`` cells (per box vector or axis); each atom's candidates are the atoms of the
+    cells at the ``stencil`` offsets [S, 3] around its own, at most ``max_candidates`` candidate
+    pairs (~50 bytes each) at a time.
+
+    ``cell_capacity`` and ``edge_capacity`` > 0 fix the shapes: E = ``edge_capacity``, the first
+    ``stats[0]`` edges are real when ``stats`` shows no overflow and the rest is padding. 0 (or
+    less) sizes them from the data: E is the number of edges, all real. Edges come in a canonical
+    order (sender, receiver, image), so the sums over edges, and hence the energy to the last bit,
+    do not depend on the grid or the capacities.
+    """
+    positions = positions.detach()
+    device, dtype = positions.device, positions.dtype
+    n_atoms = positions.shape[0]
+    cutoff2 = cutoff * cutoff
+    # Built on the device (torch.tensor(grid) would be a host-to-device copy, not capturable).
+    dims = torch.cat([torch.full((1,), g, dtype=torch.long, device=device) for g in grid])
+    dims_f = dims.to(dtype)
+    # Non-periodic systems use a zero box: every image is 0, so every shift is 0.
+    box = torch.zeros((3, 3), dtype=dtype, device=device)
+    grid_ok = torch.ones((), dtype=torch.long, device=device)
+    if cell is None:
+        origin = positions.min(dim=0).values
+        extent = positions.max(dim=0).values - origin
+        cell_size = torch.maximum(extent / dims_f, torch.full_like(extent, cutoff))
+        grid_coord = (positions - origin) / cell_size
+        image_of_atom = torch.zeros_like(positions)
+        wrapped = positions
+    else:
+        box = cell
+        reciprocal = _reciprocal_rows(cell)
+        frac_raw = positions @ reciprocal.T
+        image_of_atom = torch.floor(frac_raw)
+        frac = frac_raw - image_of_atom  # in [0, 1)
+        wrapped = frac @ cell
+        # The stencil reaches h cells of width w/dims on each side: it covers the cutoff while
+        # h * w / dims >= cutoff along each box vector (w: distance between opposite faces).
+        widths = 1.0 / torch.linalg.norm(reciprocal, dim=1)
+        reach = stencil.abs().max(dim=0).values.to(dtype) * widths / dims_f
+        grid_ok = (reach >= cutoff).all().to(torch.long)
+        grid_coord = frac * dims_f
+    atom_cell = torch.minimum(torch.floor(grid_coord).long().clamp(min=0), dims - 1)  # [N, 3]
+    cell_id = (atom_cell[:, 0] * grid[1] + atom_cell[:, 1]) * grid[2] + atom_cell[:, 2]
+    order = torch.argsort(cell_id)
+    n_cells = grid[0] * grid[1] * grid[2]
+    atoms_in_cell = torch.zeros(n_cells, dtype=torch.long, device=device).index_add_(
+        0, cell_id, torch.ones_like(cell_id))
+    fullest = atoms_in_cell.max()
+    cell_start = torch.cumsum(atoms_in_cell, 0) - atoms_in_cell
+    if cell_capacity <= 0:
+        cell_capacity = int(fullest.item())
+    data_sized = edge_capacity <= 0
+    capacity = max(edge_capacity, 0)
+    out_sender = torch.zeros(capacity + 1, dtype=torch.long, device=device)
+    out_receiver = torch.zeros(capacity + 1, dtype=torch.long, device=device)
+    out_image = torch.zeros((capacity + 1, 3), dtype=dtype, device=device)
+    count = torch.zeros((), dtype=torch.long, device=device)
+    senders: List[torch.Tensor] = []
+    receivers: List[torch.Tensor] = []
+    images: List[torch.Tensor] = []
+    slot = torch.arange(cell_capacity, device=device)
+    n_offsets = stencil.shape[0]
+    chunk = max(1, max_candidates // max(1, n_offsets * cell_capacity))
+    for first in range(0, n_atoms, chunk):
+        i = torch.arange(first, min(first + chunk, n_atoms), device=device)
+        target = atom_cell[i].unsqueeze(1) + stencil.unsqueeze(0)  # [n, S, 3]
+        if cell is None:
+            image = torch.zeros_like(target)
+            valid_cell = ((target >= 0) & (target < dims)).all(dim=-1)
+            target = torch.minimum(target.clamp(min=0), dims - 1)
+        else:
+            image = torch.div(target, dims, rounding_mode="floor")
+            target = target - image * dims
+            valid_cell = torch.ones(target.shape[:2], dtype=torch.bool, device=device)
+        target_id = (target[..., 0] * grid[1] + target[..., 1]) * grid[2] + target[..., 2]
+        filled = (slot < atoms_in_cell[target_id].unsqueeze(-1)) & valid_cell.unsqueeze(-1)  # [n, S, M]
+        j = order[(cell_start[target_id].unsqueeze(-1) + slot).clamp(max=n_atoms - 1)]
+        image_f = image.to(dtype).unsqueeze(2).expand(-1, -1, cell_capacity, -1)
+        vec = wrapped[j] + image_f @ box - wrapped[i].view(-1, 1, 1, 3)
+        is_self = (j == i.view(-1, 1, 1)) & (image == 0).all(-1).unsqueeze(-1)
+        keep = (filled & ((vec * vec).sum(-1) < cutoff2) & ~is_self).reshape(-1)
+        i_full = i.view(-1, 1, 1).expand(-1, n_offsets, cell_capacity).reshape(-1)
+        j_flat = j.reshape(-1)
+        image_flat = image_f.reshape(-1, 3)
+        if data_sized:
+            senders.append(i_full[keep])
+            receivers.append(j_flat[keep])
+            images.append(image_flat[keep])
+        else:
+            count = _compact(keep, i_full, j_flat, image_flat, count, out_sender, out_receiver, out_image)
+    if data_sized:
+        out_sender = torch.cat(senders)
+        out_receiver = torch.cat(receivers)
+        out_image = torch.cat(images)
+        count = torch.full((), out_sender.shape[0], dtype=torch.long, device=device)
+        capacity = out_sender.shape[0]
+    real = torch.arange(capacity, device=device) < count
+    # The canonical order (sender, receiver, cell image); padding sorts last.
+    image_index = out_image[:capacity].round().long() + 32  # |image| < 32 along each vector
+    image_code = (image_index[:, 0] * 64 + image_index[:, 1]) * 64 + image_index[:, 2]
+    key = (out_sender[:capacity] * n_atoms + out_receiver[:capacity]) * 262144 + image_code
+    key = torch.where(real, key, torch.full_like(key, 2**62))
+    ordered = torch.argsort(key)
+    sender = out_sender[ordered]
+    receiver = out_receiver[ordered]
+    lattice_image = out_image[ordered]
+    # Pair vectors refer to the unwrapped positions MACE receives.
+    lattice = lattice_image + image_of_atom[sender] - image_of_atom[receiver]
+    shifts = lattice @ box
+    padding_shift = (torch.arange(3, device=device) == 0).to(dtype) * (2.0 * cutoff)
+    shifts = torch.where(real.unsqueeze(1), shifts, padding_shift)
+    # Padding pairs each atom with itself in turn: had they all pointed at one atom, every
+    # scatter-add of messages (and of their gradients) would serialise on that atom's row.
+    spread = torch.arange(capacity, device=device) % max(n_atoms, 1)
+    sender = torch.where(real, sender, spread)
+    receiver = torch.where(real, receiver, spread)
+    stats = torch.stack([count, fullest, grid_ok])
+    return torch.stack([sender, receiver]), shifts, stats
+
+
+def data_sized_grid(positions: torch.Tensor, cell: Optional[torch.Tensor], cutoff: float) -> Tuple[List[int], List[int]]:
+    """Cells per box vector (or axis) and stencil reach for the box or bounding box of the moment.
+
+    Periodic: cells at least ``cutoff`` wide; a box thinner than the cutoff along some vector gets
+    one cell there and a stencil of ``ceil(cutoff / width)`` images on each side, so small boxes
+    are handled with as many images as the cutoff needs. Non-periodic: cells over the bounding
+    box, at least ``cutoff`` wide, and the neighbouring cells where there are any.
+    """
+    if cell is not None:
+        widths: List[float] = (1.0 / torch.linalg.norm(_reciprocal_rows(cell), dim=1)).tolist()
+        dims = [max(1, int(math.floor(w / cutoff))) for w in widths]
+        reach = [max(1, int(math.ceil(cutoff * d / w - 1e-9))) for d, w in zip(dims, widths)]
+        return dims, reach
+    extents: List[float] = (positions.max(dim=0).values - positions.min(dim=0).values).tolist()
+    dims = [max(1, int(math.floor(e / cutoff))) for e in extents]
+    return dims, [1 if d > 1 else 0 for d in dims]
+
+
+def neighbor_list(
+    positions: torch.Tensor, cell: Optional[torch.Tensor], cutoff: float, max_candidates: int = 4000000
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Edges (sender, receiver) [2, E] int64 and shifts [E, 3] for pairs closer than ``cutoff``,
+    sized from the data (``cell_list`` without capacities)."""
+    positions = positions.detach()
+    dims, reach = data_sized_grid(positions, cell, cutoff)
+    edges, shifts, _ = cell_list(positions, cell, cutoff, dims, _stencil(reach, positions.device), 0, 0,
+                                 max_candidates)
+    return edges, shifts
+
+
 def padded_neighbor_list(
     positions: torch.Tensor,
     cell: Optional[torch.Tensor],
@@ -176,106 +253,19 @@ def padded_neighbor_list(
     stencil: torch.Tensor,
     cell_capacity: int,
     edge_capacity: int,
-    chunk_atoms: int,
+    max_candidates: int,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Edges [2, edge_capacity], shifts [edge_capacity, 3] and stats [3] (int64 on the device:
-    edges needed, atoms in the fullest cell, 1 if the grid still covers the cutoff else 0).
+    """The fixed-capacity list (``cell_list`` with capacities): CUDA-graph capturable.
 
-    Periodic systems use the fixed ``grid`` (cells along each box vector) and ``stencil`` (cell
-    offsets, [S, 3]); non-periodic systems examine all pairs (they are small: molecules, ML
-    regions). The first ``stats[0]`` edges are real when ``stats`` shows no overflow.
+    Non-periodic systems pass one cell (``grid`` [1, 1, 1], ``stencil`` [[0, 0, 0]],
+    ``cell_capacity`` = the number of atoms): all pairs are examined (they are small: molecules,
+    ML regions).
     """
-    positions = positions.detach()
-    device, dtype = positions.device, positions.dtype
-    n_atoms = positions.shape[0]
-    out_sender = torch.zeros(edge_capacity + 1, dtype=torch.long, device=device)
-    out_receiver = torch.zeros(edge_capacity + 1, dtype=torch.long, device=device)
-    out_image = torch.zeros((edge_capacity + 1, 3), dtype=dtype, device=device)
-    count = torch.zeros((), dtype=torch.long, device=device)
-    cutoff2 = cutoff * cutoff
-    box = torch.zeros((3, 3), dtype=dtype, device=device)
-    fullest = torch.zeros((), dtype=torch.long, device=device)
-    grid_ok = torch.ones((), dtype=torch.long, device=device)
-    if cell is None:
-        wrapped = positions
-        image_of_atom = torch.zeros_like(positions)
-        others = torch.arange(n_atoms, device=device)
-        for first in range(0, n_atoms, chunk_atoms):
-            i = torch.arange(first, min(first + chunk_atoms, n_atoms), device=device)
-            vec = positions.unsqueeze(0) - positions[i].unsqueeze(1)  # [n, N, 3]
-            keep = ((vec * vec).sum(-1) < cutoff2) & (others.unsqueeze(0) != i.unsqueeze(1))
-            i_full = i.unsqueeze(1).expand(-1, n_atoms)
-            j_full = others.unsqueeze(0).expand(i.shape[0], -1)
-            count = _compact(keep.reshape(-1), i_full.reshape(-1), j_full.reshape(-1),
-                             torch.zeros((keep.numel(), 3), dtype=dtype, device=device), count,
-                             out_sender, out_receiver, out_image)
-    else:
-        box = cell
-        reciprocal = _reciprocal_rows(cell)
-        frac_raw = positions @ reciprocal.T
-        image_of_atom = torch.floor(frac_raw)
-        frac = frac_raw - image_of_atom
-        wrapped = frac @ cell
-        # Built on the device (torch.tensor(grid) would be a host-to-device copy, not capturable).
-        dims = torch.cat([torch.full((1,), g, dtype=torch.long, device=device) for g in grid])
-        dims_f = dims.to(dtype)
-        # The stencil reaches h cells of width w/dims on each side: it covers the cutoff while
-        # h * w / dims >= cutoff along each box vector (w: distance between opposite faces).
-        widths = 1.0 / torch.linalg.norm(reciprocal, dim=1)
-        reach = stencil.abs().max(dim=0).values.to(dtype) * widths / dims_f
-        grid_ok = (reach >= cutoff).all().to(torch.long)
-        atom_cell = torch.minimum(torch.floor(frac * dims_f).long().clamp(min=0), dims - 1)
-        cell_id = (atom_cell[:, 0] * grid[1] + atom_cell[:, 1]) * grid[2] + atom_cell[:, 2]
-        order = torch.argsort(cell_id)
-        n_cells = grid[0] * grid[1] * grid[2]
-        atoms_in_cell = torch.zeros(n_cells, dtype=torch.long, device=device).index_add_(
-            0, cell_id, torch.ones_like(cell_id))
-        fullest = atoms_in_cell.max()
-        cell_start = torch.cumsum(atoms_in_cell, 0) - atoms_in_cell
-        slot = torch.arange(cell_capacity, device=device)
-        n_offsets = stencil.shape[0]
-        for first in range(0, n_atoms, chunk_atoms):
-            i = torch.arange(first, min(first + chunk_atoms, n_atoms), device=device)
-            target = atom_cell[i].unsqueeze(1) + stencil.unsqueeze(0)  # [n, S, 3]
-            image = torch.div(target, dims, rounding_mode="floor")
-            target = target - image * dims
-            target_id = (target[..., 0] * grid[1] + target[..., 1]) * grid[2] + target[..., 2]
-            filled = slot < atoms_in_cell[target_id].unsqueeze(-1)  # [n, S, M]
-            j = order[(cell_start[target_id].unsqueeze(-1) + slot).clamp(max=n_atoms - 1)]
-            image_f = image.to(dtype).unsqueeze(2).expand(-1, -1, cell_capacity, -1)
-            vec = wrapped[j] + image_f @ box - wrapped[i].view(-1, 1, 1, 3)
-            is_self = (j == i.view(-1, 1, 1)) & (image == 0).all(-1).unsqueeze(-1)
-            keep = filled & ((vec * vec).sum(-1) < cutoff2) & ~is_self
-            i_full = i.view(-1, 1, 1).expand(-1, n_offsets, cell_capacity)
-            count = _compact(keep.reshape(-1), i_full.reshape(-1), j.reshape(-1), image_f.reshape(-1, 3),
-                             count, out_sender, out_receiver, out_image)
-    real = torch.arange(edge_capacity, device=device) < count
-    # A canonical order (sender, receiver, cell image), so that the sums over edges, and hence the
-    # energy to the last bit, do not depend on the grid or capacities (a re-sized force continues a
-    # run exactly). Padding sorts last.
-    image = out_image[:edge_capacity].round().long() + 32  # |image| < 32 along each vector
-    image_code = (image[:, 0] * 64 + image[:, 1]) * 64 + image[:, 2]
-    key = (out_sender[:edge_capacity] * n_atoms + out_receiver[:edge_capacity]) * 262144 + image_code
-    key = torch.where(real, key, torch.full_like(key, 2**62))
-    order = torch.argsort(key)
-    sender = out_sender[order]
-    receiver = out_receiver[order]
-    out_image = out_image[order]
-    # Pair vectors refer to the unwrapped positions MACE receives.
-    lattice = out_image + image_of_atom[sender] - image_of_atom[receiver]
-    shifts = lattice @ box
-    padding_shift = (torch.arange(3, device=device) == 0).to(dtype) * (2.0 * cutoff)
-    shifts = torch.where(real.unsqueeze(1), shifts, padding_shift)
-    # Padding pairs each atom with itself in turn: had they all pointed at one atom, every
-    # scatter-add of messages (and of their gradients) would serialise on that atom's row.
-    spread = torch.arange(edge_capacity, device=device) % n_atoms
-    sender = torch.where(real, sender, spread)
-    receiver = torch.where(real, receiver, spread)
-    stats = torch.stack([count, fullest, grid_ok])
-    return torch.stack([sender, receiver]), shifts, stats
+    return cell_list(positions, cell, cutoff, grid, stencil, max(cell_capacity, 1), max(edge_capacity, 1),
+                     max_candidates)
 
 
-# Candidate pairs examined per chunk of atoms by the fixed-capacity list (~50 bytes each).
+# Candidate pairs examined per chunk of atoms by the cell list (~50 bytes each; neighbor_list's default too).
 CANDIDATES_PER_CHUNK = 4_000_000
 
 
@@ -297,9 +287,12 @@ class NeighborCapacity:
             return torch.zeros((1, 3), dtype=torch.long)
         return _stencil(list(self.stencil_reach), torch.device("cpu"))
 
-    def chunk_atoms(self) -> int:
-        per_atom = self.stencil().shape[0] * max(1, self.cell_capacity) if self.grid else 1
-        return max(1, CANDIDATES_PER_CHUNK // per_atom)
+    def list_arguments(self, num_atoms: int) -> Tuple[List[int], torch.Tensor, int]:
+        """(grid, stencil, atoms per cell) as ``padded_neighbor_list`` takes them; a non-periodic
+        system is one cell that holds every atom."""
+        if not self.grid:
+            return [1, 1, 1], torch.zeros((1, 3), dtype=torch.long), num_atoms
+        return list(self.grid), self.stencil(), self.cell_capacity
 
 
 def face_distances(box: np.ndarray) -> np.ndarray:
@@ -318,6 +311,8 @@ def plan_capacity(num_atoms: int, cutoff: float, box: Optional[np.ndarray] = Non
     chosen so the box may shrink by ``box_margin`` along each vector (a barostat) before it stops
     covering the cutoff. Every choice is checked on the device at each call (``stats``).
     """
+    if positions is not None:
+        check_finite_positions(positions)
     if edge_margin is None:
         edge_margin = 0.10 if positions is not None else 0.25
     if box is None:
@@ -342,6 +337,17 @@ def plan_capacity(num_atoms: int, cutoff: float, box: Optional[np.ndarray] = Non
         edges = num_atoms * (num_atoms / volume) * 4.0 / 3.0 * np.pi * cutoff ** 3
     # One slot more than there are atoms: a cell can then never fill up.
     return NeighborCapacity(grid, reach, min(cell_capacity, num_atoms + 1), _with_margin(edges, edge_margin))
+
+
+def check_finite_positions(positions: np.ndarray) -> None:
+    """Positions that size a neighbour list must be finite: a NaN atom would count no neighbours."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(positions, dtype=np.float64)).all(axis=-1))
+    if bad.size:
+        listed = ", ".join(str(int(i)) for i in bad[:5]) + (", ..." if bad.size > 5 else "")
+        raise ValueError(
+            f"The positions used to size the neighbour list are not finite for {bad.size} atom(s) "
+            f"(index {listed}); pass the finite starting positions of the system (positions=...)."
+        )
 
 
 def _with_margin(edges: float, margin: float) -> int:

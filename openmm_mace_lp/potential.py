@@ -4,12 +4,20 @@ Registered through the ``openmmml.potentials`` entry point (``entry_point.py``) 
 in ``model_files.KNOWN_MODELS`` and ``mace-lp`` (a local file via ``modelPath``, or the
 embedded water model). ``createSystem`` and ``createMixedSystem`` come from openmm-ml unchanged; this
 module only adds the force, after the guards that turn known failure modes into clear errors.
+One exception: ``createMixedSystem(..., interpolate=True)``. openmm-ml's interpolation puts deep
+copies of the potential's forces into a CustomCVForce, and both that copy and the CustomCVForce
+itself (which clones its variables when a Context is made) go through an XML round trip of the
+TorchForce, which crashes the process with openmm 8.6.1 and openmm-torch 1.5. The plug-in
+therefore runs openmm-ml's mechanical embedding with a stand-in whose forces are a zero
+placeholder, and builds its own TorchForce beside the CustomCVForce, scaled by the same
+``lambda_interpolate`` global parameter (the exported module multiplies energy and forces by it).
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable, Optional
+import uuid
+from typing import Iterable, List, Optional, Tuple
 
 import openmm
 import openmm.app
@@ -37,7 +45,10 @@ def import_openmmtorch():
     """
     import torch  # noqa: F401
 
-    import openmmtorch
+    from .upstream import quiet_simtk_notice
+
+    with quiet_simtk_notice():  # openmm-torch 1.5 imports the deprecated simtk.openmm
+        import openmmtorch
 
     _reload_failed_torch_plugins()
     return openmmtorch
@@ -123,7 +134,8 @@ class MACELPPotentialImpl(MLPotentialImpl):
     """MACE with a precision policy, exported to TorchScript and run by openmm-torch.
 
     Keyword arguments of ``MLPotential``: ``modelPath`` (a MACE .model file; required for
-    ``mace-lp`` unless the embedded water model is wanted), ``policy`` (fp64, fp32, tf32, bf16,
+    ``mace-lp`` unless the embedded water model is wanted; the file is a pickle, which runs code
+    when loaded: pass only files you trust), ``policy`` (fp64, fp32, tf32, bf16,
     fp16; default fp32), ``backend`` (auto, cueq, cueq-fused, e3nn). Keyword arguments of ``createSystem``:
     ``device`` ('cuda' or 'cpu'; default: cuda if available), ``returnEnergyType``
     ('interaction_energy', the default as in openmm-ml, or 'energy' including E0s),
@@ -144,18 +156,28 @@ class MACELPPotentialImpl(MLPotentialImpl):
         get_policy(policy)
         if backend not in BACKENDS:
             raise ValueError(f"Unknown backend {backend!r}. Valid backends: {', '.join(BACKENDS)}.")
-        if modelPath is not None and not os.path.exists(modelPath):
-            raise FileNotFoundError(f"MACE model file {modelPath} does not exist; check modelPath=.")
+        if modelPath is not None:
+            from .model_files import check_model_path
+
+            check_model_path(modelPath)
         self.name = name
         self.modelPath = modelPath
         self.policy = policy
         self.backend = backend
 
     def addForces(self, topology: openmm.app.Topology, system: openmm.System, atoms: Optional[Iterable[int]],
+                  forceGroup: int, **args) -> None:
+        self.add_force(topology, system, atoms, forceGroup, **args)
+
+    def add_force(self, topology: openmm.app.Topology, system: openmm.System, atoms: Optional[Iterable[int]],
                   forceGroup: int, device: Optional[str] = None, returnEnergyType: str = "interaction_energy",
                   platform: Optional[str] = None, cudaGraphs: Optional[bool] = None, positions=None,
                   neighborMargin: Optional[float] = None, fixedNeighborList: Optional[bool] = None,
-                  **args) -> None:
+                  scale_parameter: Optional[Tuple[str, float]] = None, **args) -> None:
+        """Export the module for these atoms and add its TorchForce to ``system``.
+
+        ``scale_parameter`` (name, default): the force's energy and forces are multiplied by
+        that global parameter of the Context."""
         import torch
 
         from .export import export_to_file
@@ -174,6 +196,14 @@ class MACELPPotentialImpl(MLPotentialImpl):
         periodic = topology.getPeriodicBoxVectors() is not None or system.usesPeriodicBoundaryConditions()
         model_path = resolve_model_path(self.name, self.modelPath)
         graphs = use_cuda_graphs(cudaGraphs, device, len(selected))
+        if scale_parameter is not None and graphs:
+            # openmm-torch 1.5 makes a new tensor for each global parameter on every call, outside
+            # the captured graph: a replay would read the value it had when it was captured.
+            if cudaGraphs:
+                raise ValueError(f"cudaGraphs=True cannot be combined with interpolate=True: the force reads "
+                                 f"{scale_parameter[0]!r} on every step, which a captured CUDA graph does not "
+                                 f"see change (openmm-torch 1.5); leave cudaGraphs unset or False.")
+            graphs = False
         fixed = graphs if fixedNeighborList is None else bool(fixedNeighborList)
         if graphs and not fixed:
             raise ValueError("cudaGraphs=True needs the fixed-capacity neighbour list (a CUDA graph "
@@ -184,7 +214,7 @@ class MACELPPotentialImpl(MLPotentialImpl):
         path = export_to_file(
             model_path, self.policy, self.backend, atomic_numbers, atom_indices=indices,
             num_atoms_total=len(all_atoms), periodic=periodic, device=device, energy_type=returnEnergyType,
-            capacity=capacity,
+            capacity=capacity, scaled=scale_parameter is not None,
         )
         if KNOWN_MODELS.get(self.name) is not None:
             logger.warning("%s is distributed under the %s licence: no commercial use.", self.name,
@@ -194,13 +224,86 @@ class MACELPPotentialImpl(MLPotentialImpl):
         force.setOutputsForces(True)
         if graphs:
             force.setProperty("useCUDAGraphs", "true")
-        record_export(system, path, device, fixed)
         force.setUsesPeriodicBoundaryConditions(periodic)
         force.setForceGroup(forceGroup)
+        if scale_parameter is not None:
+            force.addGlobalParameter(*scale_parameter)
+        record_export(system, path, device, fixed)
         system.addForce(force)
+
+    def getSupportedEmbeddings(self) -> List[str]:
+        # openmm-ml's own default embedding, run by openmm-ml's code (createMixedSystem below).
+        return [MECHANICAL_EMBEDDING]
+
+    def createMixedSystem(self, topology: openmm.app.Topology, system: openmm.System, atoms: List[int],
+                          forceGroup: int, interpolate: bool, embedding: str, returnInfo: bool = False, **args):
+        """openmm-ml's mechanical embedding; with ``interpolate`` our force is built, not copied.
+
+        openmm-ml's interpolation adds the potential's forces to a scratch System and puts deep
+        copies of them into a CustomCVForce; copying a TorchForce crashes (module docstring).
+        The embedding therefore sees a stand-in that adds a zero placeholder, and a TorchForce
+        scaled by the CustomCVForce's interpolation parameter is added to the System beside it.
+        """
+        from openmmml.mlpotential import MLPotential
+
+        method = MLPotential._embeddingFactories[embedding].createEmbedding(embedding)
+        if not interpolate:
+            return method.createMixedSystem(self, topology, system, atoms, forceGroup, False,
+                                            returnInfo=returnInfo, **args)
+        deferred = _DeferredForces(self)
+        result = method.createMixedSystem(deferred, topology, system, atoms, forceGroup, True,
+                                          returnInfo=returnInfo, **args)
+        deferred.build_into(result["system"] if isinstance(result, dict) else result)
+        return result
 
     def getMLLongRange(self) -> bool:
         return False
+
+
+MECHANICAL_EMBEDDING = "mechanical"
+# Name of the zero force that stands for the MACE force inside openmm-ml's interpolating CustomCVForce.
+PLACEHOLDER_PREFIX = "openmm-mace-lp: MACE force outside, scaled by the same parameter "
+
+
+class _DeferredForces:
+    """Stands in for the potential in openmm-ml's embedding: records each ``addForces`` call and
+    adds a placeholder (a zero CustomExternalForce, named) that openmm-ml may copy freely."""
+
+    def __init__(self, potential: MACELPPotentialImpl) -> None:
+        self.potential = potential
+        self.calls: list = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.potential, name)
+
+    def addForces(self, topology: openmm.app.Topology, system: openmm.System, atoms, forceGroup: int,
+                  **args) -> None:
+        placeholder = openmm.CustomExternalForce("0")
+        placeholder.setName(PLACEHOLDER_PREFIX + uuid.uuid4().hex)
+        system.addForce(placeholder)
+        self.calls.append((placeholder.getName(), topology, None if atoms is None else list(atoms), forceGroup, args))
+
+    def build_into(self, system: openmm.System) -> None:
+        """Add, for each placeholder that openmm-ml put into a CustomCVForce of ``system``, the
+        TorchForce it stands for, scaled by that CustomCVForce's interpolation parameter."""
+        for name, topology, atoms, group, args in self.calls:
+            holder = _collective_variable_holder(system, name)
+            if holder is None or holder.getNumGlobalParameters() != 1:
+                raise RuntimeError(
+                    "openmm-ml's interpolating embedding did not put the MACE force into a CustomCVForce "
+                    "with one interpolation parameter (as openmm-ml 1.8 does); createMixedSystem("
+                    "interpolate=True) cannot be built.")
+            parameter = (holder.getGlobalParameterName(0), holder.getGlobalParameterDefaultValue(0))
+            self.potential.add_force(topology, system, atoms, group, scale_parameter=parameter, **args)
+
+
+def _collective_variable_holder(system: openmm.System, name: str) -> Optional[openmm.CustomCVForce]:
+    """The CustomCVForce of ``system`` with a collective-variable Force called ``name``."""
+    for force in system.getForces():
+        if isinstance(force, openmm.CustomCVForce) and any(
+                force.getCollectiveVariable(i).getName() == name for i in range(force.getNumCollectiveVariables())):
+            return force
+    return None
 
 
 def neighbor_capacity(model_path, topology: openmm.app.Topology, system: Optional[openmm.System],

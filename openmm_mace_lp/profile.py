@@ -132,6 +132,9 @@ def profile_model(model, data: dict, device: str, repeats: int = 3) -> Dict[str,
     """Mean per-block times of ``repeats`` energy+force calls (after one warm-up call)."""
     import torch
 
+    from .upstream import quiet_profiler
+
+    quiet_profiler()
     blocks = profiled_blocks(model)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.startswith("cuda"):
@@ -155,16 +158,21 @@ def profile_model(model, data: dict, device: str, repeats: int = 3) -> Dict[str,
     return dict(sorted(totals.items(), key=lambda item: order.get(item[0], len(order))))
 
 
+def _table_row(name: str, row: BlockTime, total_gpu: float, total_host: float) -> str:
+    gpu_share = f"{row.gpu_ms / total_gpu:.1%}" if total_gpu > 0 else ""
+    host_share = f"{row.host_ms / total_host:.1%}" if total_host > 0 else ""
+    return (f"| {name} | {row.forward_host_ms:.3f} | {row.forward_gpu_ms:.3f} | {row.backward_host_ms:.3f} | "
+            f"{row.backward_gpu_ms:.3f} | {gpu_share} | {host_share} |")
+
+
 def markdown_table(times: Dict[str, BlockTime], header: str) -> str:
-    total_gpu = sum(row.gpu_ms for row in times.values())
-    total_host = sum(row.host_ms for row in times.values())
+    """One row per block and a total row whose every column is the sum of the column above."""
+    total = BlockTime(*(sum(getattr(row, key) for row in times.values())
+                        for key in ("forward_host_ms", "forward_gpu_ms", "backward_host_ms", "backward_gpu_ms")))
     lines = [header, "", "| block | forward host ms | forward GPU ms | backward host ms | backward GPU ms | "
              "share of GPU time | share of host time |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, row in times.items():
-        gpu_share = f"{row.gpu_ms / total_gpu:.1%}" if total_gpu > 0 else ""
-        lines.append(f"| {name} | {row.forward_host_ms:.3f} | {row.forward_gpu_ms:.3f} | {row.backward_host_ms:.3f} | "
-                     f"{row.backward_gpu_ms:.3f} | {gpu_share} | {row.host_ms / total_host:.1%} |")
-    lines.append(f"| **total** | | | | | {total_gpu:.3f} ms | {total_host:.3f} ms |")
+    lines += [_table_row(name, row, total.gpu_ms, total.host_ms) for name, row in times.items()]
+    lines.append(_table_row("**total**", total, total.gpu_ms, total.host_ms))
     return "\n".join(lines) + "\n"
 
 
@@ -211,8 +219,6 @@ def register(subparsers) -> None:
 def _run_command(args) -> int:
     import torch
 
-    import mace  # noqa: F401  (before e3nn)
-
     from .atomic import atomic_write_text
     from .backend import resolve_backend
     from .bench import card_name, eager_inputs
@@ -221,7 +227,9 @@ def _run_command(args) -> int:
     from .policy import get_policy
     from .systems.architectures import MACE_OFF24_MEDIUM, build_mace
     from .systems.builders import load_water_box
+    from .upstream import import_mace
 
+    import_mace()
     if args.repeats < 1:
         raise ValueError(f"--repeats {args.repeats}: use at least 1.")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

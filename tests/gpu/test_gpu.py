@@ -33,8 +33,29 @@ def test_native_low_precision_matmul_matches_its_emulation(low):
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("policy_name", ["bf16", "fp16"])
+def test_cublas_low_precision_products_accumulate_in_float32(policy_name):
+    """The bf16/fp16 rows promise float32 accumulation; torch lets cuBLAS reduce in the low
+    format unless told not to (require_fp32_accumulation). With 4096 products per entry, a
+    low-precision reduction would move most results off the correctly rounded exact sum."""
+    from openmm_mace_lp.linears import policy_matmul
+    from openmm_mace_lp.policy import get_policy, require_fp32_accumulation
+
+    policy = get_policy(policy_name)
+    require_fp32_accumulation(policy)
+    assert not torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
+    assert not torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction
+    low = torch.bfloat16 if policy_name == "bf16" else torch.float16
+    generator = torch.Generator(device="cuda").manual_seed(3)
+    x = torch.randn(256, 4096, device="cuda", generator=generator).to(low).float()
+    w_low = (torch.randn(4096, 64, device="cuda", generator=generator) / 64).to(low)
+    native = policy_matmul(x, w_low.float(), w_low, policy.matmul_mode)
+    exact = (x.double() @ w_low.double()).to(low).double()  # products summed exactly, rounded once
+    assert (native.double() == exact).float().mean() > 0.95
+
+
 @pytest.mark.parametrize("backend", ["cueq", "cueq-fused", "e3nn"])
-@pytest.mark.parametrize("policy", ["fp64", "fp32", "tf32", "bf16"])
+@pytest.mark.parametrize("policy", ["fp64", "fp32", "tf32", "bf16", "fp16"])
 def test_cuda_module_matches_cpu_float64(backend, policy):
     from openmm_mace_lp.backend import cueq_kernels_available
     from openmm_mace_lp.export import build_force_module
@@ -48,7 +69,7 @@ def test_cuda_module_matches_cpu_float64(backend, policy):
     _, forces = module(torch.tensor(system.positions, device="cuda"), torch.tensor(system.box, device="cuda"))
     error = rel_error(forces.double().cpu().numpy(), reference)
     low, high = {"fp64": (0, 1e-10), "fp32": (0, 1e-5), "tf32": (0.1 * 2**-11, 20 * 2**-11),
-                 "bf16": (0.1 * 2**-8, 20 * 2**-8)}[policy]
+                 "bf16": (0.1 * 2**-8, 20 * 2**-8), "fp16": (0.1 * 2**-11, 20 * 2**-11)}[policy]
     assert low <= error <= high, error
 
 
@@ -112,7 +133,7 @@ def _padded_module(system, policy="fp32", backend="cueq"):
 
 
 @pytest.mark.parametrize("backend", ["cueq", "cueq-fused"])
-@pytest.mark.parametrize("policy", ["fp32", "bf16"])
+@pytest.mark.parametrize("policy", ["fp32", "bf16", "fp16"])
 def test_padded_module_captures_in_a_cuda_graph(policy, backend):
     """The fixed-capacity module records into a CUDA graph and replays new positions exactly."""
     from tests.plugin.helpers import water_box
@@ -247,3 +268,23 @@ def test_capacity_growth_recaptures_on_cuda(tmp_path, tmp_path_factory, monkeypa
     assert fired and manifest["status"] == "completed" and manifest["capacity_growths"] == 1
     rows = (run_dir / "state.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == list(range(10, 61, 10))
+
+
+def test_bench_graph_row_takes_its_force_error_from_the_replay(tmp_path):
+    """A CUDA-graph row: forces from a replay of the captured step at the start positions, against
+    fp64 eager mace at the positions OpenMM holds (float32, wrapped); memory with torch's reserved
+    pool; the trajectory checked finite and inside its capacities; both eager anchors timed."""
+    from openmm_mace_lp.bench import BenchSettings, run_bench
+
+    settings = BenchSettings(atoms=[192], policies=["fp32", "fp16"], backends=["cueq-fused"], graphs=[True],
+                             dt_fs=1.0, out=tmp_path / "bench.json", architecture="tiny", device="cuda",
+                             anchor=False, seconds_per_row=0.5)
+    rows = run_bench(settings)["rows"]
+    assert [row.get("error") for row in rows] == [None, None]
+    fp32, fp16 = rows
+    assert fp32["force_rel_err_vs_fp64_eager"] < 1e-5
+    assert 0.1 * 2**-11 < fp16["force_rel_err_vs_fp64_eager"] < 20 * 2**-11
+    for row in rows:
+        assert row["peak_gib"] >= row["peak_allocated_gib"] > 0 and row["device_used_gib"] > 0
+        assert 0 < row["end_edges"] <= row["edge_capacity"]
+        assert row["eager_mace_ms"] > 0 and row["eager_cueq_mace_ms"] > 0

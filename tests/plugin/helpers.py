@@ -8,21 +8,26 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-import mace  # noqa: F401  (before e3nn)
-import openmm
-import openmm.app as app
-import openmm.unit as unit
-import torch
+from openmm_mace_lp.upstream import import_mace
 
-from openmm_mace_lp.export import EV_TO_KJ_PER_MOL, build_force_module
-from openmm_mace_lp.systems.architectures import TINY, build_mace, save_model
+import_mace()  # before e3nn, without weakening torch.load
+import openmm  # noqa: E402
+import openmm.app as app  # noqa: E402
+import openmm.unit as unit  # noqa: E402
+import torch  # noqa: E402
 
+from openmm_mace_lp.export import EV_TO_KJ_PER_MOL, build_force_module  # noqa: E402
+from openmm_mace_lp.systems.architectures import TINY, build_mace, save_model  # noqa: E402
+
+# A per-atom interaction-energy shift (eV) that is not zero, so that a module that lost the
+# model's ScaleShift would fail the interaction-energy checks (test_parity.py).
+TEST_SHIFT_EV = 0.37
 # Both backends can script this one quickly on a CPU (cuEquivariance's naive path for
 # max_ell=3 / correlation 3 generates ~76k lines of code); correlation 3 keeps the degree-3
 # symmetric contraction that mace's run-time branching breaks under TorchScript.
-ARCH_BOTH = dataclasses.replace(TINY, max_ell=1, correlation=3)
+ARCH_BOTH = dataclasses.replace(TINY, max_ell=1, correlation=3, shift=TEST_SHIFT_EV)
 # MACE-OFF's angular structure (max_ell 3, correlation 3), e3nn backend only on the CPU.
-ARCH_FULL = TINY
+ARCH_FULL = dataclasses.replace(TINY, shift=TEST_SHIFT_EV)
 
 WATER_OH = 0.09572  # nm
 WATER_ANGLE = np.deg2rad(104.52)
@@ -89,18 +94,34 @@ def acetamide() -> TestSystem:
 
 def eager_reference(model_path: Path, system: TestSystem, dtype: str = "float64"):
     """Energy (kJ/mol, total incl. E0) and forces (kJ/mol/nm) from mace's own ASE calculator."""
+    energy, forces, _ = eager_reference_with_interaction(model_path, system, dtype)
+    return energy, forces
+
+
+def eager_reference_with_interaction(model_path: Path, system: TestSystem, dtype: str = "float64"):
+    """(total energy, forces, interaction energy) from mace's own ASE calculator, kJ/mol(/nm).
+
+    The interaction energy is the total minus each atom's E0, subtracted in float64 (mace's
+    calculator reports the total only)."""
     from ase import Atoms
     from mace.calculators import MACECalculator
+
+    from openmm_mace_lp.model_files import load_mace_model
 
     atoms = Atoms(numbers=system.atomic_numbers, positions=system.positions * 10.0)
     if system.box is not None:
         atoms.set_cell(system.box * 10.0)
         atoms.set_pbc(True)
-    calc = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype=dtype)
+    # The model is unpickled by our loader (weights_only passed explicitly), not by the
+    # calculator's bare torch.load.
+    calc = MACECalculator(models=[load_mace_model(model_path)], device="cpu", default_dtype=dtype)
     atoms.calc = calc
-    energy = atoms.get_potential_energy() * EV_TO_KJ_PER_MOL
+    energy_ev = float(atoms.get_potential_energy())
     forces = atoms.get_forces() * EV_TO_KJ_PER_MOL * 10.0
-    return energy, forces
+    table = [int(z) for z in calc.models[0].atomic_numbers]
+    e0 = calc.models[0].atomic_energies_fn.atomic_energies.detach().double().numpy().reshape(-1)
+    e0_sum = float(sum(e0[table.index(z)] for z in system.atomic_numbers))
+    return energy_ev * EV_TO_KJ_PER_MOL, forces, (energy_ev - e0_sum) * EV_TO_KJ_PER_MOL
 
 
 def openmm_state(system_obj: openmm.System, system: TestSystem, platform: str = "Reference"):

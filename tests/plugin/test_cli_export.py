@@ -25,7 +25,20 @@ def test_policies_lists_every_policy(capsys):
     assert main(["policies"]) == 0
     out = capsys.readouterr().out
     for name, policy in POLICIES.items():
-        assert name in out and policy.summary[:30] in out
+        assert f"| `{name}` |" in out and policy.summary in out and policy.backward in out
+
+
+def test_policies_prints_the_readme_table(capsys):
+    """`mace-lp policies` and the README's "Precision policies" section show the same table."""
+    from pathlib import Path
+
+    assert main(["policies"]) == 0
+    table = capsys.readouterr().out.strip()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Precision policies"):]
+    section = section[:section.index("\n#", 1)]
+    assert len(table.splitlines()) == 2 + len(POLICIES)
+    assert table in section
 
 
 def test_exported_file_runs_in_plain_openmm_torch(tmp_path, tmp_path_factory):
@@ -108,3 +121,51 @@ def test_margin_without_fixed_capacity_is_refused(tmp_path, tmp_path_factory, ca
     assert main(["export", str(path), "--topology", str(pdb), "--margin", "0.2", "-o", str(tmp_path / "x.pt")]) == 1
     assert "add --fixed-capacity" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_export_cache_key_follows_the_source_that_shapes_the_module(tmp_path, tmp_path_factory, monkeypatch):
+    """A code change in any module that shapes the export serves a new file, not the old one."""
+    import openmm_mace_lp.export as export
+
+    names = {path.stem for path in export.shaping_source_files()}
+    assert {"export", "neighbors", "backend", "fused_conv", "linears", "policy"} <= names
+    copies = []
+    for source in export.shaping_source_files():
+        copies.append(tmp_path / source.name)
+        copies[-1].write_bytes(source.read_bytes())
+    before = export.source_digest(copies)
+    assert before == export.source_digest()
+    with open(tmp_path / "linears.py", "a") as handle:
+        handle.write("\n# an edit\n")
+    assert export.source_digest(copies) != before
+
+    path = model_file(tmp_path_factory.getbasetemp())
+    numbers = water_box(1).atomic_numbers
+    first = export_to_file(path, "fp32", "e3nn", numbers, periodic=True)
+    monkeypatch.setattr(export, "source_digest", lambda files=None: "0" * 64)
+    changed = export_to_file(path, "fp32", "e3nn", numbers, periodic=True)
+    assert changed != first and read_metadata(changed)["source_sha256"] == "0" * 64
+
+
+def test_corrupted_cached_export_is_rebuilt(tmp_path_factory, caplog):
+    import hashlib
+
+    import torch
+
+    from openmm_mace_lp.export import digest_path
+
+    path = model_file(tmp_path_factory.getbasetemp())
+    numbers = water_box(1).atomic_numbers
+    cached = export_to_file(path, "fp64", "e3nn", numbers, periodic=False)
+    good = cached.read_bytes()
+    assert digest_path(cached).read_text().strip() == hashlib.sha256(good).hexdigest()
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0xFF  # one flipped byte, same size
+    cached.write_bytes(bytes(damaged))
+    with caplog.at_level("WARNING"):
+        again = export_to_file(path, "fp64", "e3nn", numbers, periodic=False)
+    assert again == cached and "rebuilding" in caplog.text
+    assert hashlib.sha256(again.read_bytes()).hexdigest() == digest_path(cached).read_text().strip()
+    positions = torch.tensor(water_box(1).positions)
+    energy, _ = torch.jit.load(str(again))(positions, None)
+    assert torch.isfinite(energy)

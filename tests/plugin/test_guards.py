@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import os
+import re
+import shutil
+import threading
+import time
 from pathlib import Path
 
+import numpy as np
+import openmm
 import openmm.app as app
 import pytest
 import torch
@@ -144,3 +151,116 @@ def test_cuda_graphs_default_follows_the_system_size(caplog):
     with caplog.at_level("WARNING"):
         assert use_cuda_graphs(True, "cuda", 50000) is True
     assert "twice the memory" in caplog.text
+
+
+def test_misspelt_name_through_openmm_ml_lists_the_valid_names():
+    """openmm-ml's own lookup used to end in a bare KeyError: 'mace-of24-lp'."""
+    with pytest.raises(KeyError) as caught:
+        MLPotential("mace-of24-lp")
+    message = str(caught.value)
+    assert "Unknown potential name 'mace-of24-lp'" in message and "Did you mean 'mace-off24-lp'" in message
+    assert "Valid names:" in message and "mace-lp" in message and "mace-off23-small-lp" in message
+
+
+def test_directory_as_model_path_is_one_clear_line(tmp_path, tmp_path_factory, capsys):
+    from openmm_mace_lp.cli import main
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "water.model").write_bytes(model_file(tmp_path_factory.getbasetemp()).read_bytes())
+    with pytest.raises(ValueError) as caught:
+        MLPotential("mace-lp", modelPath=str(folder))
+    message = str(caught.value)
+    assert "\n" not in message and "is a directory" in message and str(folder / "water.model") in message
+    system = water_box(1)
+    pdb = tmp_path / "water.pdb"
+    with open(pdb, "w") as handle:
+        app.PDBFile.writeFile(system.topology, system.positions * 10.0 * openmm.unit.angstrom, handle)
+    assert main(["export", str(folder), "--topology", str(pdb), "-o", str(tmp_path / "out.pt")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a directory" in err
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_non_finite_sizing_positions_are_refused(tmp_path_factory):
+    path = str(model_file(tmp_path_factory.getbasetemp()))
+    system = water_box(2)
+    positions = system.positions.copy()
+    positions[4] = np.nan
+    with pytest.raises(ValueError, match=r"not finite for 1 atom\(s\) \(index 4\).*finite starting positions"):
+        MLPotential("mace-lp", modelPath=path).createSystem(system.topology, device="cpu", fixedNeighborList=True,
+                                                            positions=positions)
+
+
+class _TrickleHandler(http.server.BaseHTTPRequestHandler):
+    """Sends a large body one small piece at a time: each read succeeds, none finishes it."""
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Length", str(10**6))
+        self.end_headers()
+        try:
+            for _ in range(400):
+                self.wfile.write(b"x" * 10)
+                self.wfile.flush()
+                time.sleep(0.02)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_download_has_an_overall_deadline(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TrickleHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/slow.model"
+        known = KnownModel("test-lp", url, "0" * 64, "slow.model", "MIT")
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"did not finish within 1 s and was discarded.*modelPath="):
+            download_known_model(known, tmp_path, deadline_s=1.0)
+        assert time.monotonic() - started < 5.0  # the socket timeout alone never fires here
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _embedded_copy(directory: Path) -> Path:
+    """The embedded model and its card, copied (the card's digest is read, never hard-coded)."""
+    from openmm_mace_lp.model_files import default_model_path
+
+    source = default_model_path()
+    for sibling in source.parent.glob(source.stem + ".*"):
+        shutil.copy(sibling, directory / sibling.name)
+    return directory / source.name
+
+
+def test_embedded_model_is_checked_against_its_card(tmp_path, tmp_path_factory, monkeypatch):
+    import openmm_mace_lp.model_files as model_files
+
+    embedded = _embedded_copy(tmp_path)
+    card = embedded.with_suffix(".md").read_text()
+    (digest,) = re.findall(r"SHA-256 `([0-9a-f]{64})`", card)
+    assert hashlib.sha256(embedded.read_bytes()).hexdigest() == digest
+    monkeypatch.setattr(model_files, "embedded_models_dir", lambda: tmp_path)
+    assert model_files.expected_sha256(embedded) == digest
+    assert float(load_mace_model(embedded).r_max) > 0
+    # The same name holding another (valid, loadable) model: refused before unpickling.
+    embedded.write_bytes(model_file(tmp_path_factory.getbasetemp()).read_bytes())
+    with pytest.raises(ValueError, match=rf"has SHA-256 [0-9a-f]{{64}}, expected {digest}.*not loaded"):
+        load_mace_model(embedded)
+
+
+def test_cached_known_model_is_checked_before_loading(tmp_path, tmp_path_factory, monkeypatch):
+    from openmm_mace_lp.model_files import KNOWN_MODELS
+
+    monkeypatch.setenv("OPENMM_MACE_LP_CACHE", str(tmp_path))
+    known = KNOWN_MODELS["mace-off24-lp"]
+    cached = tmp_path / "models" / known.filename
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(model_file(tmp_path_factory.getbasetemp()).read_bytes())
+    with pytest.raises(ValueError, match=rf"expected {known.sha256}"):
+        load_mace_model(cached)

@@ -1,7 +1,8 @@
 """The fixed-capacity (CUDA-graph capturable) neighbour list and force module, on the CPU.
 
 Its edges must be exactly the dynamic cell list's (itself checked against matscipy), its padding
-must change nothing, and an exceeded capacity must poison the output instead of dropping pairs.
+must change nothing, and an exceeded capacity must poison the output instead of dropping pairs:
++inf energy (a barostat rejects the trial) and NaN forces.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from openmm_mace_lp.export import build_force_module
-from openmm_mace_lp.neighbors import NeighborCapacity, neighbor_list, padded_neighbor_list, plan_capacity
+from openmm_mace_lp.neighbors import (CANDIDATES_PER_CHUNK, NeighborCapacity, neighbor_list, padded_neighbor_list,
+                                      plan_capacity)
 
 from .helpers import acetamide, eager_reference, model, model_file, rel_error, water_box
 
@@ -27,9 +29,10 @@ def _triclinic(rng, lengths):
 
 def _padded(positions, cell, capacity: NeighborCapacity):
     cell_t = None if cell is None else torch.tensor(cell)
+    grid, stencil, cell_capacity = capacity.list_arguments(len(positions))
     return torch.jit.script(padded_neighbor_list)(
-        torch.tensor(positions), cell_t, CUTOFF, list(capacity.grid) or [1, 1, 1], capacity.stencil(),
-        capacity.cell_capacity, capacity.edge_capacity, capacity.chunk_atoms())
+        torch.tensor(positions), cell_t, CUTOFF, grid, stencil, cell_capacity, capacity.edge_capacity,
+        CANDIDATES_PER_CHUNK)
 
 
 def _pairs(positions, edges, shifts):
@@ -124,7 +127,7 @@ def test_edge_overflow_poisons_energy_and_forces():
     fitting = _capacity(system)
     module = _module(dataclasses.replace(fitting, edge_capacity=fitting.edge_capacity // 2), system)
     energy, forces = _call(module, system)
-    assert np.isnan(energy) and np.isnan(forces).all()
+    assert energy == np.inf and np.isnan(forces).all()
     needed, capacity, _, _, grid_ok = module.neighbor_stats(torch.tensor(system.positions), torch.tensor(system.box)).tolist()
     assert needed > capacity == fitting.edge_capacity // 2 and grid_ok == 1
 
@@ -135,7 +138,7 @@ def test_cell_overflow_poisons_energy_and_forces():
     assert len(fitting.grid) == 3
     module = _module(dataclasses.replace(fitting, cell_capacity=2), system)
     energy, forces = _call(module, system)
-    assert np.isnan(energy) and np.isnan(forces).all()
+    assert energy == np.inf and np.isnan(forces).all()
     stats = module.neighbor_stats(torch.tensor(system.positions), torch.tensor(system.box)).tolist()
     assert stats[2] > stats[3] == 2
 
@@ -148,7 +151,7 @@ def test_box_shrinking_past_the_grid_margin_poisons_the_output():
     module = _module(capacity, system)
     shrunk = 0.8
     energy, forces = _call(module, system, positions=system.positions * shrunk, box=system.box * shrunk)
-    assert np.isnan(energy) and np.isnan(forces).all()
+    assert energy == np.inf and np.isnan(forces).all()
     stats = module.neighbor_stats(torch.tensor(system.positions * shrunk), torch.tensor(system.box * shrunk)).tolist()
     assert stats[4] == 0
     fine = _call(module, system, positions=system.positions * 0.95, box=system.box * 0.95)
@@ -183,3 +186,113 @@ def test_result_does_not_depend_on_grid_or_capacity():
     second = _call(_module(coarse, system), system)
     assert first[0] == second[0]
     np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_fixed_capacity_npt_rejects_overflowing_compressions(tmp_path_factory):
+    """A Monte Carlo barostat trial that overflows the fixed capacity must be rejected: OpenMM
+    accepts a trial whose energy is NaN (`w > 0` is false) and the next step would be NaN; +inf
+    it rejects. With no spare edge slot, almost every compression overflows."""
+    import openmm
+    import openmm.unit as unit
+
+    from openmm_mace_lp.export import export_to_file
+    from openmm_mace_lp.potential import import_openmmtorch
+
+    system = water_box(3, spacing=0.31, seed=4)
+    exact = _capacity(system, edge_margin=0.0)
+    needed = int(neighbor_list(torch.tensor(system.positions * 10.0), torch.tensor(system.box * 10.0),
+                               float(model().r_max))[0].shape[1])
+    capacity = dataclasses.replace(exact, edge_capacity=needed)  # full: no compression fits
+    path = export_to_file(model_file(tmp_path_factory.getbasetemp()), "fp64", "e3nn", system.atomic_numbers,
+                          periodic=True, capacity=capacity)
+    module = torch.jit.load(str(path))
+    squeezed = 0.999
+    energy, forces = module(torch.tensor(system.positions * squeezed), torch.tensor(system.box * squeezed))
+    assert float(energy) == np.inf and torch.isnan(forces).all()  # a 0.1% compression overflows
+
+    omm = openmm.System()
+    for atom in system.topology.atoms():
+        omm.addParticle(atom.element.mass)
+    omm.setDefaultPeriodicBoxVectors(*system.box)
+    force = import_openmmtorch().TorchForce(str(path))
+    force.setOutputsForces(True)
+    force.setUsesPeriodicBoundaryConditions(True)
+    omm.addForce(force)
+    barostat = openmm.MonteCarloBarostat(1.0 * unit.bar, 300 * unit.kelvin, 1)
+    barostat.setRandomNumberSeed(7)
+    omm.addForce(barostat)
+    # Atoms at rest and a vanishing time step: only the barostat changes the edges (thermal
+    # motion could overflow a full list by itself).
+    integrator = openmm.VerletIntegrator(1e-9 * unit.femtosecond)
+    context = openmm.Context(omm, integrator, openmm.Platform.getPlatformByName("CPU"))
+    context.setPositions(system.positions)
+    volumes = []
+    for _ in range(12):
+        integrator.step(1)  # one barostat trial per step: about half are compressions
+        state = context.getState(getPositions=True, getEnergy=True)
+        volumes.append(state.getPeriodicBoxVolume().value_in_unit(unit.nanometer**3))
+        assert np.isfinite(state.getPotentialEnergy()._value)
+        assert np.isfinite(state.getPositions(asNumpy=True)._value).all()
+    positions = state.getPositions(asNumpy=True)._value
+    box = state.getPeriodicBoxVectors(asNumpy=True)._value
+    edges, edge_capacity, *_ = module.neighbor_stats(torch.tensor(positions), torch.tensor(box)).tolist()
+    assert edges <= edge_capacity
+    assert min(volumes) >= float(np.linalg.det(system.box)) * squeezed ** 3  # no large compression got in
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf"])
+@pytest.mark.parametrize("fixed", [False, True])
+@pytest.mark.parametrize("system_name", ["water", "acetamide"])
+def test_non_finite_coordinates_give_non_finite_results(kind, fixed, system_name):
+    """A NaN or infinite coordinate must not make its atom silently drop out: the energy and
+    every force are NaN, with the data-sized and the fixed-capacity list, periodic or not."""
+    from .helpers import evaluate
+
+    system = water_box(3) if system_name == "water" else acetamide()
+    bad = system.positions.copy()
+    bad[4, 1] = np.nan if kind == "nan" else np.inf
+    if fixed:
+        energy, forces = _call(_module(_capacity(system), system), system, positions=bad)
+    else:
+        energy, forces = evaluate(system, positions=bad)
+    assert np.isnan(energy) and np.isnan(forces).all()
+    if system.box is not None:
+        box = system.box.copy()
+        box[2, 2] = np.nan if kind == "nan" else np.inf
+        if fixed:
+            energy, forces = _call(_module(_capacity(system), system), system, box=box)
+        else:
+            energy, forces = evaluate(system, box=box)
+        assert np.isnan(energy) and np.isnan(forces).all()
+
+
+def test_capacity_watch_is_found_in_the_system_itself(tmp_path_factory):
+    """The watch comes from the System's TorchForce, not from Python state on the System object:
+    the System a Context hands back (a new wrapper, no attributes) still has it."""
+    import openmm
+    from openmmml import MLPotential
+
+    from openmm_mace_lp.capacity import EXPORTS_ATTRIBUTE, watches_for
+    from openmm_mace_lp.export import read_metadata
+
+    system = water_box(3, seed=8)
+    potential = MLPotential("mace-lp", modelPath=str(model_file(tmp_path_factory.getbasetemp())), policy="fp64",
+                            backend="e3nn")
+    omm = potential.createSystem(system.topology, device="cpu", fixedNeighborList=True, positions=system.positions)
+    context = openmm.Context(omm, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    handed_back = context.getSystem()
+    assert not hasattr(handed_back, EXPORTS_ATTRIBUTE)
+    (watch,) = watches_for(handed_back)
+    use = watch.use(system.positions, system.box)
+    # Edges counted by brute force with the minimum image (the box is wider than two cutoffs).
+    cutoff = float(model().r_max) / 10.0
+    assert np.diag(system.box).min() > 2 * cutoff
+    delta = system.positions[None, :, :] - system.positions[:, None, :]
+    delta -= np.round(delta / np.diag(system.box)) * np.diag(system.box)
+    distances = np.linalg.norm(delta, axis=-1)
+    assert use.edges == int(((distances < cutoff) & (distances > 0)).sum())
+    (record,) = getattr(omm, EXPORTS_ATTRIBUTE)
+    assert use.edge_capacity == read_metadata(record["path"])["neighbor_capacity"]["edge_capacity"]
+    assert watch.shortfall(system.positions, system.box) is None
+    dynamic = potential.createSystem(system.topology, device="cpu")
+    assert watches_for(dynamic) == []

@@ -124,3 +124,162 @@ def test_policy_errors_scale_with_their_unit_roundoff(backend, system_name):
 def test_unknown_policy_lists_the_valid_ones():
     with pytest.raises(ValueError, match="Valid policies: " + ", ".join(POLICIES)):
         get_policy("int8")
+
+
+# --- Every rebuilt layer runs its policy's arithmetic, checked against an independent emulation.
+#
+# The emulation uses only NumPy and the original (e3nn or cuEquivariance) layer: the layer's
+# matrix is read off the original in float64, operands and results are rounded with NumPy
+# (significand rounding by frexp/ldexp, numpy's float16 for fp16) and summed exactly in float64.
+# A rebuilt layer that ran plain float32 would differ from it by about the unit roundoff on most
+# entries; one that runs the policy agrees on most entries exactly (or to float32 summation).
+
+def _round_significand(values: np.ndarray, bits: int) -> np.ndarray:
+    mantissa, exponent = np.frexp(values)
+    return np.ldexp(np.round(mantissa * 2.0 ** bits) / 2.0 ** bits, exponent)
+
+
+def _operand(values: np.ndarray, policy: str) -> np.ndarray:
+    if policy == "tf32":
+        return _round_significand(values, 11)
+    if policy == "bf16":
+        return _round_significand(values, 8)
+    if policy == "fp16":
+        return values.astype(np.float16).astype(np.float64)
+    return values
+
+
+def _result(values: np.ndarray, policy: str) -> np.ndarray:
+    return _operand(values, policy) if policy in ("bf16", "fp16") else values
+
+
+def _relative_differences(value: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    scale = np.abs(reference) + 1e-3 * np.sqrt(np.mean(reference ** 2))
+    return np.abs(value - reference) / scale
+
+
+# (median, largest) relative difference allowed between a rebuilt layer and the emulation.
+AGREEMENT = {"fp32": (1e-6, 1e-3), "tf32": (1e-6, 1e-3), "bf16": (2.0 ** -8 / 50, 2 * 2.0 ** -8),
+             "fp16": (2.0 ** -11 / 50, 2 * 2.0 ** -11)}
+
+
+def _matrix_of(layer: torch.nn.Module, dim_in: int) -> tuple:
+    probe = copy.deepcopy(layer).double()
+    with torch.no_grad():
+        bias = probe(torch.zeros(1, dim_in, dtype=torch.float64))[0].numpy()
+        matrix = probe(torch.eye(dim_in, dtype=torch.float64)).numpy() - bias
+    return matrix, bias
+
+
+def _emulate_linear(layer: torch.nn.Module, x: np.ndarray, policy: str) -> np.ndarray:
+    matrix, bias = _matrix_of(layer, x.shape[1])
+    return (_result(_operand(x, policy) @ _operand(matrix, policy), policy) + bias).astype(np.float32)
+
+
+def _emulate_radial_mlp(net: torch.nn.Module, x: np.ndarray, policy: str) -> np.ndarray:
+    """e3nn's FullyConnectedNet: per layer a linear map (read off with its activation removed)
+    in the policy's arithmetic, then the original activation in float64."""
+    h = x.astype(np.float64)
+    layers = [getattr(net, f"layer{i}") for i in range(len(net.hs) - 1)]
+    for layer in layers:
+        linear = copy.deepcopy(layer).double()
+        act, linear.act = linear.act, None  # hidden layers have var_out 1: the same linear map
+        with torch.no_grad():
+            matrix = linear(torch.eye(h.shape[1], dtype=torch.float64)).numpy()
+            h = _result(_operand(h.astype(np.float32).astype(np.float64), policy) @ _operand(matrix, policy), policy)
+            if act is not None:
+                h = act(torch.tensor(h)).numpy() * layer.var_out ** 0.5
+    return h
+
+
+def _policy_model(backend: str, policy_name: str):
+    """(the model before the policy layers, the same model after them)."""
+    policy = get_policy(policy_name)
+    source = copy.deepcopy(model()).float()
+    if backend == "cueq":
+        source = convert_to_cueq(source)
+    source = make_scriptable(source)
+    rebuilt = copy.deepcopy(source)
+    apply_policy_layers(rebuilt, policy.matmul_mode, policy.model_dtype, model_layout(rebuilt))
+    return source, rebuilt
+
+
+@pytest.mark.parametrize("backend", ["e3nn", "cueq"])
+@pytest.mark.parametrize("policy_name", ["fp32", "tf32", "bf16", "fp16"])
+def test_every_rebuilt_layer_runs_the_policy_arithmetic(backend, policy_name):
+    from openmm_mace_lp.linears import IrrepsLinear, PolicyDense, RadialMLP
+
+    source, rebuilt = _policy_model(backend, policy_name)
+    originals = dict(source.named_modules())
+    mode = get_policy(policy_name).matmul_mode
+    rng = np.random.default_rng(11)
+    checked = {"linear": 0, "radial_mlp": 0}
+    for name, layer in rebuilt.named_modules():
+        if not isinstance(layer, (IrrepsLinear, RadialMLP)):
+            continue
+        denses = [m for m in layer.modules() if isinstance(m, PolicyDense)]
+        assert denses and all(d.mode == mode for d in denses), name
+        original = originals[name]
+        if isinstance(layer, RadialMLP):
+            x = rng.normal(size=(64, original.hs[0])).astype(np.float32)
+            expected = _emulate_radial_mlp(original, x, policy_name)
+            checked["radial_mlp"] += 1
+        else:
+            x = rng.normal(size=(16, _dim(original.irreps_in))).astype(np.float32)
+            expected = _emulate_linear(original, x, policy_name)
+            checked["linear"] += 1
+        with torch.no_grad():
+            got = layer(torch.tensor(x)).double().numpy()
+        differences = _relative_differences(got, expected)
+        median, largest = AGREEMENT[policy_name]
+        assert np.median(differences) <= median and differences.max() <= largest, (
+            name, np.median(differences), differences.max())
+        if policy_name != "fp32":
+            # ... and the check can tell: plain float32 would be far from the policy's numbers.
+            plain = (_emulate_radial_mlp(original, x, "fp32") if isinstance(layer, RadialMLP)
+                     else _emulate_linear(original, x, "fp32"))
+            assert np.median(_relative_differences(plain, expected)) > 20 * median, name
+    assert checked["radial_mlp"] == 2 and checked["linear"] == len(_linear_modules(source)) > 0
+
+
+@pytest.mark.parametrize("policy_name", ["tf32", "bf16", "fp16"])
+def test_backward_products_follow_the_policy_table(policy_name):
+    """Forces come from the backward pass: tf32 multiplies float32 gradients by the TF32
+    weights; bf16/fp16 round the gradient to their format first and the result after."""
+    policy = get_policy(policy_name)
+    rng = np.random.default_rng(5)
+    x = torch.tensor(rng.normal(size=(40, 48)), dtype=torch.float32, requires_grad=True)
+    upstream = rng.normal(size=(40, 24)).astype(np.float32)
+    weight64 = rng.normal(size=(48, 24))
+    from openmm_mace_lp.linears import PolicyDense
+
+    dense = PolicyDense(torch.tensor(weight64), policy.matmul_mode, torch.float32)
+    (grad,) = torch.autograd.grad(dense(x), x, torch.tensor(upstream))
+    weight = _operand(weight64.astype(np.float32).astype(np.float64), policy_name)
+    gradient = upstream.astype(np.float64) if policy_name == "tf32" else _operand(upstream.astype(np.float64), policy_name)
+    expected = _result(gradient @ weight.T, policy_name)
+    differences = _relative_differences(grad.double().numpy(), expected)
+    median, largest = AGREEMENT[policy_name]
+    assert np.median(differences) <= median and differences.max() <= largest
+
+
+def test_low_precision_exports_make_cublas_accumulate_in_float32(tmp_path_factory):
+    """torch lets cuBLAS reduce bf16/fp16 GEMMs in reduced precision by default; the bf16 and
+    fp16 rows of the table promise float32 accumulation, so their exports switch that off."""
+    from openmm_mace_lp.export import export_to_file
+
+    from .helpers import model_file
+
+    matmul = torch.backends.cuda.matmul
+    saved = (matmul.allow_bf16_reduced_precision_reduction, matmul.allow_fp16_reduced_precision_reduction)
+    path = model_file(tmp_path_factory.getbasetemp())
+    numbers = water_box(1).atomic_numbers
+    try:
+        matmul.allow_bf16_reduced_precision_reduction = matmul.allow_fp16_reduced_precision_reduction = True
+        export_to_file(path, "fp32", "e3nn", numbers, periodic=True)
+        assert matmul.allow_bf16_reduced_precision_reduction and matmul.allow_fp16_reduced_precision_reduction
+        export_to_file(path, "bf16", "e3nn", numbers, periodic=True)
+        assert not matmul.allow_bf16_reduced_precision_reduction
+        assert not matmul.allow_fp16_reduced_precision_reduction
+    finally:
+        matmul.allow_bf16_reduced_precision_reduction, matmul.allow_fp16_reduced_precision_reduction = saved

@@ -56,3 +56,20 @@ def test_profile_command_writes_table_json_and_chart(tmp_path):
     assert record["blocks"]["interactions.0.conv_tp"]["host_ms"] > 0
     assert "| products.0 |" in (tmp_path / "profile.md").read_text()
     assert (tmp_path / "profile.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_total_row_sums_each_column_in_its_own_column():
+    from openmm_mace_lp.profile import BlockTime, markdown_table
+
+    times = {"embedding": BlockTime(1.0, 0.5, 2.0, 0.25), "interactions.0": BlockTime(3.0, 1.5, 4.0, 0.75),
+             OUTSIDE: BlockTime(0.5, 0.0, 0.0, 0.0)}
+    lines = markdown_table(times, "header").strip().splitlines()
+    header = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[4:])}
+    total = dict(zip(header, rows["**total**"]))
+    for column, expected in (("forward host ms", 4.5), ("forward GPU ms", 2.0), ("backward host ms", 6.0),
+                             ("backward GPU ms", 1.0)):
+        assert float(total[column]) == pytest.approx(expected)
+        assert sum(float(dict(zip(header, cells))[column]) for name, cells in rows.items()
+                   if name != "**total**") == pytest.approx(expected)
+    assert total["share of GPU time"] == "100.0%" and total["share of host time"] == "100.0%"
