@@ -42,10 +42,44 @@ REQUIRED_MANIFEST_KEYS = (
 
 @dataclass
 class StateSeries:
-    """The state CSV as float columns, truncated before the first non-finite energy."""
+    """The state CSV as float columns, truncated before the first non-finite energy.
+
+    Each step appears once: later rows of a repeated step (two writers, or a resume that did
+    not cut back to its checkpoint) are left out and listed in ``duplicated_steps``; report
+    steps with no row are listed as (first, last) ranges in ``missing_steps``.
+    """
 
     columns: dict[str, np.ndarray]
     truncated_at_step: int | None = None  # first step with a non-finite energy, if any
+    duplicated_steps: list[int] = field(default_factory=list)
+    missing_steps: list[tuple[int, int]] = field(default_factory=list)
+    interval: int | None = None  # report interval the missing-step check used
+
+    @property
+    def n_missing_steps(self) -> int:
+        if not self.interval:
+            return 0
+        return sum((last - first) // self.interval + 1 for first, last in self.missing_steps)
+
+    def step_problems(self, file_name: str = STATE_CSV) -> list[str]:
+        """Sentences on duplicated and missing steps (empty when every step is there once)."""
+        problems = []
+        if self.duplicated_steps:
+            shown = ", ".join(str(step) for step in self.duplicated_steps[:3])
+            more = ", ..." if len(self.duplicated_steps) > 3 else ""
+            problems.append(
+                f"{len(self.duplicated_steps)} step(s) appear more than once in {file_name} ({shown}{more}): "
+                "two processes wrote this run, or a resume did not cut the rows written after its "
+                "checkpoint; only the first row of each step is analysed.")
+        if self.missing_steps:
+            ranges = ", ".join(f"{first}" if first == last else f"{first}-{last}"
+                               for first, last in self.missing_steps[:3])
+            more = ", ..." if len(self.missing_steps) > 3 else ""
+            problems.append(
+                f"{file_name} lacks the rows of {self.n_missing_steps} report step(s) (every "
+                f"{self.interval} steps; missing {ranges}{more}): data of this run were lost; "
+                "statistics treat the rows around the gap as consecutive.")
+        return problems
 
     @property
     def n_rows(self) -> int:
@@ -110,7 +144,9 @@ class RunDir:
 
     def load_state(self) -> StateSeries:
         """Read ``state.csv`` (see :func:`read_state_csv`)."""
-        state = read_state_csv(self.path / STATE_CSV)
+        interval = self.manifest.get("report_interval_steps")
+        state = read_state_csv(self.path / STATE_CSV, int(interval) if interval else None)
+        self.warnings += [f"{self.name}: {problem}" for problem in state.step_problems()]
         if state.truncated_at_step is not None:
             self.warnings.append(
                 f"{self.name}: non-finite energies from step {state.truncated_at_step} on "
@@ -154,10 +190,12 @@ class RunDir:
         completed = int(self.manifest.get("steps_completed") or 0)
         expected = completed // interval if interval > 0 else 0
         if expected and abs(n_frames_read - expected) > stride:
+            why = ("frames are duplicated (two writers?) or were written after the last checkpoint"
+                   if n_frames_read > expected else "frames are missing")
             self.warnings.append(
                 f"{self.name}: trajectory has about {n_frames_read} frames, the manifest implies "
-                f"{expected} (steps_completed={completed}, interval={interval}); frame times "
-                "assume the first frame at one interval.")
+                f"{expected} (steps_completed={completed}, interval={interval}): {why}; frame "
+                "times assume the first frame at one interval.")
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
@@ -203,11 +241,14 @@ def _parse_float(text: str) -> float:
         return math.nan
 
 
-def read_state_csv(path: str | Path) -> StateSeries:
+def read_state_csv(path: str | Path, interval: int | None = None) -> StateSeries:
     """Read ``state.csv`` into float columns.
 
-    Rows from the first non-finite potential or total energy on are dropped: they mean
-    the run diverged, and one NaN would poison every statistic.
+    Later rows of a step that appeared before are dropped and the step is listed in
+    ``duplicated_steps``; report steps without a row (every ``interval`` steps from the first
+    report at one interval; inferred from the most common step difference when not given) are
+    listed in ``missing_steps``. Rows from the first non-finite potential or total energy on
+    are dropped: they mean the run diverged, and one NaN would poison every statistic.
     """
     path = Path(path)
     if not path.is_file():
@@ -231,6 +272,10 @@ def read_state_csv(path: str | Path) -> StateSeries:
     rows = [row for row in rows if len(row) >= len(header)]
     table = np.array([[_parse_float(cell) for cell in row[:len(header)]] for row in rows])
     columns = {name: table[:, i] for i, name in enumerate(header)}
+    keep, duplicated = _first_row_of_each_step(columns["step"])
+    columns = {name: values[keep] for name, values in columns.items()}
+    interval = interval or _common_interval(columns["step"])
+    missing = _missing_steps(columns["step"], interval)
     bad = ~(np.isfinite(columns["potential_energy_kJ_mol"])
             & np.isfinite(columns["total_energy_kJ_mol"]))
     truncated = None
@@ -241,7 +286,45 @@ def read_state_csv(path: str | Path) -> StateSeries:
     if len(columns["step"]) == 0:
         raise ValueError(f"{path}: the first row already has non-finite energies; the run "
                          "diverged immediately and has nothing to analyse.")
-    return StateSeries(columns=columns, truncated_at_step=truncated)
+    return StateSeries(columns=columns, truncated_at_step=truncated, duplicated_steps=duplicated,
+                       missing_steps=missing, interval=interval)
+
+
+def _first_row_of_each_step(steps: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Indices of the rows to keep (file order, first row of each step; rows without a step
+    number stay) and the steps that appeared more than once."""
+    finite = np.flatnonzero(np.isfinite(steps))
+    values, first, counts = np.unique(steps[finite], return_index=True, return_counts=True)
+    keep = np.sort(np.concatenate([finite[first], np.flatnonzero(~np.isfinite(steps))]))
+    return keep, [int(step) for step in values[counts > 1]]
+
+
+def _common_interval(steps: np.ndarray) -> int | None:
+    """The most common positive difference between consecutive steps (None with < 2 rows)."""
+    ordered = np.unique(steps[np.isfinite(steps)])
+    gaps = np.diff(ordered)
+    gaps = gaps[gaps > 0]
+    if gaps.size == 0:
+        return None
+    values, counts = np.unique(gaps, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+def _missing_steps(steps: np.ndarray, interval: int | None) -> list[tuple[int, int]]:
+    """(first, last) of each run of report steps with no row. Reports start at one interval
+    (never at step 0), so when the steps are multiples of the interval a late first row is
+    a gap too."""
+    if not interval or interval <= 0:
+        return []
+    ordered = [int(step) for step in np.unique(steps[np.isfinite(steps)])]
+    if not ordered:
+        return []
+    points = ([0] if ordered[0] % interval == 0 else []) + ordered
+    missing = []
+    for before, after in zip(points[:-1], points[1:]):
+        if after - before > interval:
+            missing.append((before + interval, after - interval))
+    return missing
 
 
 def find_runs(arms_dir: str | Path) -> list[RunDir]:

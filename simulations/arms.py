@@ -15,22 +15,23 @@ the start once and give each process its own arms and card::
 
 (``--prepare-only`` is optional: a process that finds no start prepares it under a file
 lock while the others wait.) Finished arms are skipped when the command is run again;
-``--resume`` continues unfinished ones from their checkpoints.
+``--resume`` continues unfinished ones from their checkpoints. Each arm directory is a
+:class:`~openmm_mace_lp.simulations.rundir.RunDirectory`, locked by the process running it:
+a process whose ``--only`` overlaps another's skips the arm the other is writing (and says
+so) instead of writing it twice.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-from contextlib import contextmanager
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
-from .config import (SimulationConfig, config_from_dict, differences, is_resumable_change, resolved,
-                     validate)
+from .config import SimulationConfig, config_from_dict, differences, is_resumable_change
 from openmm_mace_lp.atomic import atomic_write_json, atomic_write_text
-from .manifest import read_manifest
+from .rundir import FOREIGN, RunDirectory, RunDirectoryBusy
 
 logger = logging.getLogger("openmm_mace_lp.simulations")
 
@@ -106,17 +107,6 @@ def arm_config(config: SimulationConfig, arm: Arm, arms_dir: Path) -> Simulation
 # ----------------------------------------------------------------------------- shared start
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def prepare_start(config: SimulationConfig, arms_dir: Path, reference_policy: str) -> None:
     """Write ``start.pdb`` and ``start_state.xml`` once (minimised with ``reference_policy``)."""
     from io import StringIO
@@ -129,7 +119,8 @@ def prepare_start(config: SimulationConfig, arms_dir: Path, reference_policy: st
     from .structure import check_structure, load_structure
 
     arms_dir = Path(arms_dir)
-    with _locked(arms_dir / ".start.lock"):
+    RunDirectory(arms_dir).create()
+    with RunDirectory(arms_dir).lock(wait=True):  # the other processes wait for the start
         if (arms_dir / START_STATE).is_file() and (arms_dir / START_PDB).is_file():
             logger.info("arms: using the existing shared start in %s", arms_dir)
             return
@@ -163,57 +154,68 @@ def run_arms(config: SimulationConfig, arms_dir: str | Path, policies: Sequence[
              seeds: Sequence[int] = (1,), *, only: Sequence[str] = (), reference_policy: str = "fp64",
              resume: bool = False, quiet: bool = False, prepare_only: bool = False,
              deadline: float | None = None) -> list[Path]:
-    """Run every selected arm in turn; returns the arm directories.
+    """Run every selected arm in turn; returns the arm directories run or found complete.
 
     With a ``deadline`` (``time.monotonic()``) the arm running when it passes is paused at a
-    checkpoint and no further arm starts; run again with ``resume`` to go on.
+    checkpoint and no further arm starts; run again with ``resume`` to go on. An arm that
+    another process is writing (its directory is locked) is skipped with a line on stderr
+    and left out of the result.
 
     Every arm's config is validated before anything is built, so a typo fails at once
     rather than after hours of the first arm.
     """
-    from .run import simulate
+    from .run import prepare_config, simulate
 
     arms_dir = Path(arms_dir)
-    validate(config)
-    config = resolved(config)
+    config = prepare_config(config)
     policies, seeds = parse_policies(policies), parse_seeds(seeds)
     parse_policies([reference_policy])
     selected = parse_only(only, plan_arms(policies, seeds))
     configs = {arm: arm_config(config, arm, arms_dir) for arm in selected}
     for arm in configs:
-        _check_arm_dir(arms_dir / arm.name, resume)
-    arms_dir.mkdir(parents=True, exist_ok=True)
-    _write_arms_json(arms_dir, config, policies, seeds, reference_policy)
+        _check_arm_dir(RunDirectory(arms_dir / arm.name), resume)
+    RunDirectory(arms_dir).create()
+    with RunDirectory(arms_dir).lock(wait=True):
+        _write_arms_json(arms_dir, config, policies, seeds, reference_policy)
     _with_console_logging(quiet, lambda: prepare_start(config, arms_dir, reference_policy))
     if prepare_only:
         return []
     done = []
     for arm, arm_cfg in configs.items():
-        run_dir = arms_dir / arm.name
-        manifest = read_manifest(run_dir)
+        directory = RunDirectory(arms_dir / arm.name)
+        manifest = directory.manifest()
         if manifest and manifest.get("status") == "completed" and \
                 manifest.get("steps_completed") == arm_cfg.run.production_steps:
             logger.info("arms: %s is complete, skipped", arm.name)
-            done.append(run_dir)
+            done.append(directory.path)
             continue
         if not quiet:
-            print(f"arms: {arm.name} -> {run_dir}", flush=True)
+            print(f"arms: {arm.name} -> {directory.path}", flush=True)
         # _check_arm_dir has refused unfinished arms without --resume; resume=True starts a new
         # arm directory, restarts one that never checkpointed, or extends a finished one.
-        result = simulate(arm_cfg, run_dir, resume=True, quiet=quiet, deadline=deadline)
-        done.append(run_dir)
+        try:
+            result = simulate(arm_cfg, directory.path, resume=True, quiet=quiet, deadline=deadline)
+        except RunDirectoryBusy as busy:
+            print(f"arms: {arm.name} skipped: {busy}", file=sys.stderr, flush=True)
+            continue
+        done.append(directory.path)
         if result.status == "paused":
             logger.info("arms: time limit reached during %s; run again with --resume", arm.name)
             break
     return done
 
 
-def _check_arm_dir(run_dir: Path, resume: bool) -> None:
-    manifest = read_manifest(run_dir)
-    if manifest is None or resume or manifest.get("status") in ("completed", "paused"):
-        return
-    raise ValueError(f"{run_dir} holds an unfinished arm (status {manifest.get('status')!r}); "
-                     "pass --resume to continue it from its checkpoint.")
+def _check_arm_dir(directory: RunDirectory, resume: bool) -> None:
+    """Refuse, before anything runs, an arm directory that this command must not write."""
+    kind = directory.kind()
+    if kind == FOREIGN:
+        raise ValueError(f"{directory.path} is not empty and is not a run directory of these recipes; "
+                         "move it away or use a new -o directory for the arms.")
+    status = directory.status()
+    if status is None or resume or status in ("completed", "paused") or directory.holder() is not None:
+        return  # (an arm another process is writing is skipped when its turn comes)
+    raise ValueError(f"{directory.path} holds an unfinished arm (status {status!r}); pass --resume to "
+                     "continue it from its checkpoint.")
 
 
 def _write_arms_json(arms_dir: Path, config: SimulationConfig, policies: Sequence[str],

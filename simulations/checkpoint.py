@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -180,12 +179,3 @@ class Checkpointer:
         if self.reinitialize:
             simulation.context.reinitialize(preserveState=True)
         return record
-
-
-def remove_checkpoints(run_dir: Path) -> None:
-    """Forget all checkpoints (a run restarted from scratch)."""
-    run_dir = Path(run_dir)
-    for path in (run_dir / CHECKPOINT_DIR).glob("*.chk") if (run_dir / CHECKPOINT_DIR).is_dir() else ():
-        path.unlink()
-    if (run_dir / CHECKPOINT_JSON).exists():
-        os.unlink(run_dir / CHECKPOINT_JSON)

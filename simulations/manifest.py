@@ -3,9 +3,15 @@
 Schema ``openmm-mace-lp/run/1`` (read by ``openmm_mace_lp.analysis.rundir``). The manifest is
 rewritten atomically at the start, at every checkpoint and at the end, so it always
 describes the data up to the last checkpoint (or the finished run).
+
+``status``: "running"; "paused" (``--max-minutes`` reached, at a checkpoint); "completed";
+"interrupted" (stopped from outside: SIGTERM, SIGINT/Ctrl-C, a full disk; ``failure`` says
+which; continue with ``--resume``); "failed" (a guard or an error; ``failure`` says why).
+A "running" manifest whose directory lock is free belongs to a process that was killed.
 """
 from __future__ import annotations
 
+import errno
 import json
 import platform as host_platform
 import socket
@@ -15,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SimulationConfig
-from openmm_mace_lp.atomic import atomic_write_json
+from openmm_mace_lp.atomic import atomic_write_json, sync_handle
 
 SCHEMA = "openmm-mace-lp/run/1"
 MANIFEST = "manifest.json"
@@ -98,9 +104,25 @@ def new_manifest(config: SimulationConfig, *, arm: str, backend: str, n_atoms: i
     return manifest
 
 
-def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(run_dir: Path, manifest: dict[str, Any], *, in_place_if_full: bool = False) -> None:
+    """Replace manifest.json atomically.
+
+    ``in_place_if_full`` (recording why a run stopped): when the disk is too full for the
+    temporary copy, overwrite the file in place instead; the blocks it frees by truncation are
+    what the new text needs. A kill during that write could leave half a manifest, which is
+    why it is the fallback only.
+    """
     manifest["updated"] = now()
-    atomic_write_json(Path(run_dir) / MANIFEST, manifest)
+    path = Path(run_dir) / MANIFEST
+    try:
+        atomic_write_json(path, manifest)
+    except OSError as error:
+        if not (in_place_if_full and error.errno in (errno.ENOSPC, errno.EDQUOT) and path.is_file()):
+            raise
+        with open(path, "r+") as handle:
+            handle.truncate(0)
+            handle.write(json.dumps(manifest, indent=2) + "\n")
+            sync_handle(handle)
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any] | None:

@@ -72,3 +72,51 @@ def reinitializes_on_checkpoint(setting: str | bool, platform_name: str) -> bool
     if setting == "auto":
         return platform_name == "Reference"
     return bool(setting)
+
+
+# Values OpenMM accepts for the properties whose values it does not check when a context is
+# made (CPU "Threads" = "x" is silently accepted, for instance).
+_PROPERTY_VALUES = {
+    "Precision": ("single", "mixed", "double"),
+    "DeterministicForces": ("true", "false"),
+    "UseBlockingSync": ("true", "false"),
+    "UseCpuPme": ("true", "false"),
+}
+_INTEGER_PROPERTIES = ("Threads", "CpuThreads")
+_INDEX_LIST_PROPERTIES = ("DeviceIndex", "CudaDeviceIndex", "OpenCLDeviceIndex", "OpenCLPlatformIndex")
+
+
+def check_platform_properties(name: str, properties: dict[str, str]) -> None:
+    """Fail now, naming the key, when ``[platform.properties]`` does not fit platform ``name``.
+
+    Names are checked against the platform's own list; values of the properties above against
+    what OpenMM takes; then a one-particle context on the platform lets OpenMM check the rest.
+    Without this, a wrong property fails only after the model has been exported.
+    """
+    if not properties:
+        return
+    import openmm
+
+    platform = openmm.Platform.getPlatformByName(name)
+    valid = list(platform.getPropertyNames())
+    for key, value in properties.items():
+        if key not in valid:
+            accepted = f"it accepts {', '.join(valid)}" if valid else "it takes no properties"
+            raise ValueError(f"platform.properties.{key} = {value!r} is not a property of the {name} "
+                             f"platform ({accepted}); remove it or choose another platform.name.")
+        allowed = _PROPERTY_VALUES.get(key)
+        text = str(value).strip()
+        if allowed is not None and text.lower() not in allowed:
+            raise ValueError(f"platform.properties.{key} = {value!r}: use one of {', '.join(allowed)}.")
+        if key in _INTEGER_PROPERTIES and not text.isdigit():
+            raise ValueError(f"platform.properties.{key} = {value!r}: give a whole number of threads.")
+        if key in _INDEX_LIST_PROPERTIES and not all(part.strip().isdigit() for part in text.split(",")):
+            raise ValueError(f"platform.properties.{key} = {value!r}: give a device index such as \"0\" "
+                             "(or a comma-separated list).")
+    system = openmm.System()
+    system.addParticle(1.0)
+    try:
+        openmm.Context(system, openmm.VerletIntegrator(0.001), platform, dict(properties))
+    except openmm.OpenMMException as error:
+        raise ValueError(f"[platform.properties] {dict(properties)} are not accepted by the {name} "
+                         f"platform: {error}") from None

@@ -17,10 +17,12 @@ import math
 import os
 import struct
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from openmm_mace_lp.atomic import sync_handle
 
@@ -248,49 +250,153 @@ def truncate_dcd(path: Path, frames: int) -> None:
 # ----------------------------------------------------------------------------- progress
 
 
+# What the bar says in each stage of a run: the MD phases by the name of their activity.
+STAGE_LABELS = {"equilibration": "equilibrating", "production": "producing"}
+
+
 class Progress:
-    """A tqdm bar over all steps of the run (equilibration + production) with ETA, ns/day,
-    temperature and density; nothing at all in quiet mode."""
+    """What a run is doing, on one tqdm line: the stage before MD (building, exporting,
+    minimising, with signs of life) and then a bar over all MD steps (equilibration +
+    production) with ns/day, temperature, density and an ETA.
+
+    The rate and ETA are timed over MD steps only, from the first MD step of this process
+    (building, exporting and minimising can take minutes and say nothing about the time a
+    step takes). Nothing at all is shown in quiet mode. ``clock`` is injectable for tests.
+    """
 
     include = ("energy",)
 
-    def __init__(self, total_steps: int, done_steps: int, interval: int, thermo: Thermo,
-                 periodic: bool, quiet: bool) -> None:
+    def __init__(self, total_steps: int, done_steps: int, quiet: bool, *, file=None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         from tqdm import tqdm
 
-        self.interval = interval
-        self.thermo = thermo
-        self.periodic = periodic
+        self.interval = 1
+        self.thermo: Thermo | None = None
+        self.periodic = False
         self.offset = 0
+        self.total = total_steps
+        self.stage_name = ""
+        self._clock = clock
         self._bar = tqdm(total=total_steps, initial=done_steps, unit="step", disable=quiet,
-                         dynamic_ncols=True, file=sys.stderr, mininterval=1.0, smoothing=0.1)
+                         dynamic_ncols=True, file=file or sys.stderr, mininterval=1.0,
+                         bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix}")
         self._position = done_steps
-        self._last: tuple[int, float] | None = None
+        self._md_seconds = 0.0  # MD wall time before the current MD stretch
+        self._md_steps = 0  # steps done in this process's MD stretches before the current one
+        self._stretch: tuple[int, float] | None = None  # (position, time) where MD (re)started
+        self._last: tuple[int, float] | None = None  # last report, for the current ns/day
+        self._last_refresh = -math.inf
+        self._postfix: dict[str, str] = {}
+
+    def attach(self, thermo: Thermo, periodic: bool, interval: int) -> None:
+        """What turns states into the postfix, once the System exists."""
+        self.thermo, self.periodic, self.interval = thermo, periodic, interval
+
+    def stage(self, name: str, detail: str = "") -> None:
+        """A stage that is not MD (building, exporting, minimising): the MD clock stops."""
+        self._stop_md_clock()
+        self.stage_name = name
+        self._bar.set_description(name, refresh=False)
+        self._postfix = {"": detail} if detail else {}
+        self._show(force=True)
+
+    def detail(self, text: str) -> None:
+        """A sign of life within a stage (e.g. the minimiser's iteration), at most once a second."""
+        self._postfix = {"": text}
+        self._show(force=False)
+
+    @contextmanager
+    def ticking(self, every_s: float = 1.0) -> Iterator[None]:
+        """Show the seconds spent in the current stage while a long call blocks (a sign of life
+        during an export or a minimisation). A thread does it: OpenMM's minimiser cannot take a
+        Python ``MinimizationReporter`` with a TorchForce (it keeps the GIL, and torch's
+        autograd refuses to run under it), but it releases the GIL without one."""
+        if self._bar.disable:
+            yield
+            return
+        stop = threading.Event()
+        started = self._clock()
+
+        def tick() -> None:
+            while not stop.wait(every_s):
+                self.detail(f"{self._clock() - started:.0f} s")
+
+        thread = threading.Thread(target=tick, name="progress-tick", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def set_phase(self, name: str, offset: int, step: int) -> None:
-        """Steps of this phase count from ``offset`` in the bar; stepping restarts at ``step``."""
+        """An MD phase: its steps count from ``offset`` in the bar; stepping restarts at ``step``."""
+        self._stop_md_clock()
         self.offset = offset
-        self._bar.set_description(name)
-        self._last = (offset + step, time.perf_counter())
+        self.stage_name = STAGE_LABELS.get(name, name)
+        self._bar.set_description(self.stage_name, refresh=False)
+        now = self._clock()
+        self._position = offset + step
+        self._stretch = self._last = (self._position, now)
+        self._postfix = {"ETA": "--"}
+        self._show(force=True)
+
+    def _stop_md_clock(self) -> None:
+        if self._stretch is not None:
+            self._md_steps += self._position - self._stretch[0]
+            self._md_seconds += self._clock() - self._stretch[1]
+            self._stretch = None
+
+    def md_rate(self) -> float | None:
+        """MD steps per wall second in this process so far (None before the first MD report)."""
+        steps, seconds = self._md_steps, self._md_seconds
+        if self._stretch is not None:
+            steps += self._position - self._stretch[0]
+            seconds += self._clock() - self._stretch[1]
+        return steps / seconds if steps > 0 and seconds > 0 else None
+
+    def eta_seconds(self) -> float | None:
+        """Seconds to the last step at the MD rate so far (None while unknown)."""
+        rate = self.md_rate()
+        return None if rate is None else max(self.total - self._position, 0) / rate
 
     def report(self, simulation, state, step: int) -> None:
         position = self.offset + step
-        now = time.perf_counter()
-        postfix = {}
-        if self._last is not None and position > self._last[0] and now > self._last[1]:
+        now = self._clock()
+        postfix: dict[str, str] = {}
+        if self._last is not None and position > self._last[0] and now > self._last[1] \
+                and self.thermo is not None:
             ns = (position - self._last[0]) * self.thermo.timestep_ps / 1000.0
             postfix["ns/day"] = f"{ns / ((now - self._last[1]) / 86400.0):.3g}"
         self._last = (position, now)
-        values = state_values(state, self.thermo, self.periodic)
-        postfix["T"] = f"{values['temperature']:.0f}K"
-        if self.periodic:
-            postfix["rho"] = f"{values['density']:.3f}"
-        self._bar.set_postfix(postfix, refresh=False)
+        if self.thermo is not None:
+            values = state_values(state, self.thermo, self.periodic)
+            postfix["T"] = f"{values['temperature']:.0f}K"
+            if self.periodic:
+                postfix["rho"] = f"{values['density']:.3f}"
         self._bar.update(max(position - self._position, 0))
         self._position = position
+        eta = self.eta_seconds()
+        postfix["ETA"] = "--" if eta is None else _clock_text(eta)
+        self._postfix = postfix
+        self._show(force=False)
+
+    def _show(self, force: bool) -> None:
+        text = ", ".join(f"{key}={value}" if key else value for key, value in self._postfix.items())
+        self._bar.set_postfix_str(text, refresh=False)
+        now = self._clock()
+        if force or now - self._last_refresh >= 1.0:
+            self._bar.refresh()
+            self._last_refresh = now
 
     def close(self) -> None:
         self._bar.close()
+
+
+def _clock_text(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
 
 
 def all_tasks_closed(tasks: Iterable[object]) -> None:

@@ -18,14 +18,20 @@ A run directory holds::
     checkpoints/*.chk    OpenMM context checkpoints
     final_state.xml      positions, velocities and box at the end
     run.log              what happened, with times
+    .run.lock            held (flock) by the process writing the run
     failure-*.xml/.pdb   the offending frame, if a guard stopped the run
+    last_good_state.xml  the state of the last good checkpoint, if a guard stopped the run
 
-See ``checkpoint.py`` for how ``--resume`` continues without duplicated or missing rows.
+What the directory holds, what may be resumed or deleted and who writes it is decided by
+:class:`~openmm_mace_lp.simulations.rundir.RunDirectory` alone; see ``checkpoint.py`` for
+how ``--resume`` continues without duplicated or missing rows.
 """
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -43,24 +49,31 @@ from .guards import GuardError, GuardLimits, find_problem, guard_failure, Guard
 from .manifest import new_manifest, read_manifest, write_manifest
 from .openmm_setup import (LANGEVIN, VERLET, create_simulation, create_system, degrees_of_freedom,
                            seeded_velocities, set_box_and_positions, total_mass_dalton)
-from .platforms import device_name, reinitializes_on_checkpoint
+from .platforms import check_platform_properties, device_name, reinitializes_on_checkpoint
 from .reporters import PhaseReporter, Progress, StateCSV, Thermo, Trajectory, all_tasks_closed
+from .rundir import (CONFIG_FILE, FINAL_STATE, FOREIGN, FRESH, INITIAL_STATE, LAST_GOOD_STATE, LOG_FILE,
+                     MISSING, TOPOLOGY_FILE, TRAJECTORY_FILE, RunDirectory, RunDirectoryBusy,  # noqa: F401
+                     is_disk_full)
 from .structure import StartStructure, check_structure, load_structure, read_state_xml
 
 logger = logging.getLogger("openmm_mace_lp.simulations")
 
 EQUILIBRATION = "equilibration"
 PRODUCTION = "production"
-CONFIG_FILE = "config.toml"
-TOPOLOGY_FILE = "topology.pdb"
-INITIAL_STATE = "initial_state.xml"
-FINAL_STATE = "final_state.xml"
-LOG_FILE = "run.log"
-TRAJECTORY_FILE = "trajectory.dcd"
-OUTPUT_FILES = ("equilibration.csv", "state.csv", TRAJECTORY_FILE)
 # Edge-capacity margin of a force re-exported during a run (at least): it must leave headroom.
 GROWTH_MARGIN = 0.1
-RUN_FILES = (CONFIG_FILE, "manifest.json", TOPOLOGY_FILE, INITIAL_STATE, FINAL_STATE, *OUTPUT_FILES)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a scheduler or a closed terminal stopping the job) during a run.
+
+    A KeyboardInterrupt, so it stops the run exactly as Ctrl-C does: manifest "interrupted",
+    the last checkpoint kept, continue with ``--resume``.
+    """
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(f"{signal_name} received")
+        self.signal_name = signal_name
 
 
 @dataclass(frozen=True)
@@ -200,68 +213,116 @@ class _Start:
 # ----------------------------------------------------------------------------- entry point
 
 
+def prepare_config(config: SimulationConfig) -> SimulationConfig:
+    """The config validated, resolved (concrete platform, device, backend) and with
+    ``[platform.properties]`` checked against that platform: all a dry run can check."""
+    validate(config)
+    config = resolved(config)
+    check_platform_properties(config.platform.name, config.platform.properties)
+    return config
+
+
 def simulate(config: SimulationConfig | None, run_dir: str | Path, *, resume: bool = False,
              quiet: bool = False, overwrite: bool = False, deadline: float | None = None,
              hooks: RunHooks | None = None) -> RunResult:
     """Run (or with ``resume`` continue) the simulation ``config`` describes in ``run_dir``.
 
-    With ``resume`` and ``config=None`` the run directory's own config.toml is used; with a
-    config it must match the stored one except for the keys in ``RESUMABLE_CHANGES``. A
-    ``resume`` of a directory without a checkpoint starts the run (from scratch), so a job
-    script can always pass ``--resume``. ``overwrite`` replaces an earlier run in ``run_dir``.
-    ``deadline`` (a ``time.monotonic()`` value) pauses the run at the first report step after
-    it, with a checkpoint: status "paused", continue with ``resume`` (for job time limits).
+    The process holds the directory's lock for the whole call (a second writer gets
+    :class:`RunDirectoryBusy` at once). With ``resume`` and ``config=None`` the directory's own
+    config.toml is used; with a config it must match the stored one except for the keys in
+    ``RESUMABLE_CHANGES``. ``resume`` of a missing or empty directory with a config starts the
+    run, so a job script can always pass ``--resume``; it never deletes anything a checkpoint
+    vouched for, and refuses (saying what is missing) without config.toml, without a usable
+    checkpoint, or in a directory that is not a run. A directory of ours in which no checkpoint
+    was ever committed (killed before its first one) holds nothing of value and starts again
+    from step 0, by ``resume`` or not (see :mod:`.rundir`). A fresh run refuses a directory
+    that is not empty and not ours; ``overwrite`` replaces an earlier run (or, in a foreign
+    directory, the files named like a run's). ``deadline`` (a ``time.monotonic()`` value)
+    pauses the run at the first report step after it, with a checkpoint: status "paused",
+    continue with ``resume`` (for job time limits). SIGTERM, SIGINT and a full disk stop it
+    with status "interrupted" and the last checkpoint kept.
     """
     hooks = hooks or RunHooks()
-    run_dir = Path(run_dir)
+    directory = RunDirectory(run_dir)
+    run_dir = directory.path
     if config is not None:
-        validate(config)
-        config = resolved(config)
-    if overwrite and not resume and run_dir.is_dir():
-        _remove_previous_run(run_dir)
-    start = _decide_start(config, run_dir, resume)
-    if start.kind == "done":
-        return RunResult(run_dir, read_manifest(run_dir) or {})
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with run_logging(run_dir, quiet):
-        return _Runner(start, run_dir, quiet, hooks, deadline).run()
+        config = prepare_config(config)
+    directory.check_is_directory()
+    choice = dict(resume=resume, overwrite=overwrite, config_given=config is not None)
+    if directory.kind() in (MISSING, FOREIGN):
+        _refuse_if_busy(directory)
+        directory.start_mode(**choice)  # refuses before anything is created or locked
+    directory.create()
+    with directory.lock():
+        mode = directory.start_mode(**choice)
+        leftovers = directory.clean_temporary_files()
+        removed: list[str] = []
+        if mode == FRESH:
+            if config is None:
+                config = prepare_config(read_run_config(run_dir))
+            removed = directory.clear_for_fresh_start(overwrite)
+            start = _Start("fresh", config)
+        else:
+            start = _resume_point(config, directory)
+            if start.kind == "done":
+                return RunResult(run_dir, directory.manifest() or {})
+        with run_logging(run_dir, quiet), _stop_signals_interrupt():
+            if leftovers:
+                logger.info("removed %d temporary file(s) left by a killed process: %s", len(leftovers),
+                            ", ".join(str(path.relative_to(run_dir)) for path in leftovers))
+            if removed:
+                logger.info("%s: %s", "--overwrite removed" if overwrite else
+                            "no checkpoint to resume from: starting from scratch; removed", ", ".join(removed))
+            return _Runner(start, directory, quiet, hooks, deadline).run()
 
 
-def _decide_start(config: SimulationConfig | None, run_dir: Path, resume: bool) -> _Start:
-    has_run = (run_dir / CONFIG_FILE).is_file()
-    if not resume:
-        if config is None:
-            raise ValueError("a config is needed to start a run (only --resume can use the run "
-                             "directory's own config.toml).")
-        if has_run or (run_dir / ckpt.CHECKPOINT_JSON).exists():
-            manifest = read_manifest(run_dir) or {}
-            raise ValueError(f"{run_dir} already holds a run (status: {manifest.get('status', 'unknown')}); "
-                             "continue it with --resume, or write to a new -o directory.")
-        return _Start("fresh", config)
-    if not has_run:
-        if config is None:
-            raise FileNotFoundError(f"--resume: {run_dir / CONFIG_FILE} not found and no config "
-                                    "given; pass the config file to start the run.")
-        return _Start("fresh", config)
+def _refuse_if_busy(directory: RunDirectory) -> None:
+    holder = directory.holder()
+    if holder is not None:
+        with directory.lock():  # raises RunDirectoryBusy naming the holder
+            pass
+
+
+def _resume_point(config: SimulationConfig | None, directory: RunDirectory) -> _Start:
+    """Where a resume continues (start_mode said RESUME: config.toml and a usable checkpoint exist)."""
+    run_dir = directory.path
     stored = read_run_config(run_dir)
     changed: list[str] = []
     if config is not None:
         changed = check_resume_changes(stored, config)
     else:
-        config = resolved(stored)
-    latest = ckpt.load_latest(run_dir)
-    if latest is None:
-        return _Start("fresh", config)
-    record, data = latest
+        config = prepare_config(stored)
+    record, data = directory.latest_checkpoint()
     phases = plan_phases(config)
     if record.phase == PRODUCTION and record.step > config.run.production_steps:
         raise ValueError(f"run.production_steps = {config.run.production_steps} but {run_dir} already "
                          f"has {record.step} production steps; ask for at least that many.")
-    manifest = read_manifest(run_dir) or {}
     if (record.phase == phases[-1].name and record.step == phases[-1].steps
-            and manifest.get("status") == "completed"):
+            and directory.status() == "completed"):
         return _Start("done", config, record, data)
     return _Start("resume", config, record, data, changed)
+
+
+@contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`RunInterrupted` during the run (main thread only, and
+    only where nobody installed a handler), so the manifest can say "interrupted"."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:
+        raise RunInterrupted(signal.Signals(signum).name)
+
+    previous = {}
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(number) is signal.SIG_DFL:
+            previous[number] = signal.signal(number, interrupt)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -270,12 +331,13 @@ def _decide_start(config: SimulationConfig | None, run_dir: Path, resume: bool) 
 class _Runner:
     """State of one process's work on a run directory (one 'segment' of the run)."""
 
-    def __init__(self, start: _Start, run_dir: Path, quiet: bool, hooks: RunHooks,
+    def __init__(self, start: _Start, directory: RunDirectory, quiet: bool, hooks: RunHooks,
                  deadline: float | None = None) -> None:
         self.start = start
         self.deadline = deadline
         self.config = start.config
-        self.run_dir = run_dir
+        self.directory = directory
+        self.run_dir = directory.path
         self.quiet = quiet
         self.hooks = hooks
         self.phases = plan_phases(self.config)
@@ -283,9 +345,17 @@ class _Runner:
         self.manifest: dict[str, Any] = {}
         self.closed_outputs: dict[str, Any] = dict(start.record.outputs) if start.record else {}
         self.tasks: list[Any] = []
-        self.progress: Progress | None = None
+        self.progress = Progress(sum(phase.steps for phase in self.phases), self._steps_done(), quiet)
         self.last_record: ckpt.CheckpointRecord | None = start.record
         self.simulation = None
+
+    def _steps_done(self) -> int:
+        """Steps of all phases before the start point (for the progress bar)."""
+        record = self.start.record
+        if record is None:
+            return 0
+        index = [phase.name for phase in self.phases].index(record.phase)
+        return sum(phase.steps for phase in self.phases[:index]) + record.step
 
     # -- top level ---------------------------------------------------------------------
 
@@ -307,15 +377,12 @@ class _Runner:
             raise
         finally:
             all_tasks_closed(self.tasks)
-            if self.progress is not None:
-                self.progress.close()
+            self.progress.close()
         return RunResult(self.run_dir, self.manifest)
 
     def _fresh_start(self) -> int:
         config = self.config
-        if any((self.run_dir / name).exists() for name in RUN_FILES):
-            logger.info("no checkpoint to resume from: starting %s from scratch", self.run_dir)
-        _clear_run_files(self.run_dir)
+        self.progress.stage("building")
         logger.info("run %s: %s %s, policy %s, model %s, platform %s (%s)", self.run_dir,
                     config.ensemble.upper(), config.arm_name, config.model.policy, config.model.path,
                     config.platform.name, config.platform.device)
@@ -340,6 +407,7 @@ class _Runner:
         record = self.start.record
         from openmm.app import PDBFile
 
+        self.progress.stage("building")
         topology = PDBFile(str(self.run_dir / TOPOLOGY_FILE)).topology
         initial = read_state_xml(self.run_dir / INITIAL_STATE)
         positions = np.asarray(initial.getPositions(asNumpy=True)._value)
@@ -360,7 +428,7 @@ class _Runner:
                     record.step, record.file)
         if self.start.changed:
             logger.info("changed on resume: %s", ", ".join(self.start.changed))
-        ckpt.restore_outputs(self.run_dir, record, OUTPUT_FILES)
+        self.directory.restore_outputs(record)
         self._build(structure, self.phases[index].integrator)
         self.simulation.context.loadCheckpoint(self.start.checkpoint)
         return index, record.step
@@ -368,25 +436,20 @@ class _Runner:
     def _build(self, structure: StartStructure, integrator_kind: str) -> None:
         """System and first Simulation (the model is exported here: the expensive part)."""
         t0 = time.perf_counter()
+        self.progress.stage("exporting")
         self.structure = structure
-        self.system = create_system(self.config, structure)
-        if self.hooks.modify_system is not None:
-            self.hooks.modify_system(self.system)
-        self.simulation = create_simulation(self.config, structure.topology, self.system, integrator_kind)
+        with self.progress.ticking():
+            self.system = create_system(self.config, structure)
+            if self.hooks.modify_system is not None:
+                self.hooks.modify_system(self.system)
+            self.simulation = create_simulation(self.config, structure.topology, self.system, integrator_kind)
         self.capacity_watches = capacity_watches(self.system)
         self.periodic = structure.box is not None
         self.thermo = Thermo(degrees_of_freedom(self.system), total_mass_dalton(self.system),
                              self.config.integrator.timestep_fs / 1000.0)
         self.reinitialize = reinitializes_on_checkpoint(self.config.output.reinitialize_on_checkpoint,
                                                         self.config.platform.name)
-        total = sum(phase.steps for phase in self.phases)
-        done = 0
-        if self.start.record is not None:
-            names = [phase.name for phase in self.phases]
-            index = names.index(self.start.record.phase)
-            done = sum(phase.steps for phase in self.phases[:index]) + self.start.record.step
-        self.progress = Progress(total, done, self.config.output.report_interval_steps, self.thermo,
-                                 self.periodic, self.quiet)
+        self.progress.attach(self.thermo, self.periodic, self.config.output.report_interval_steps)
         logger.info("system built in %.1f s (%d degrees of freedom)", time.perf_counter() - t0,
                     self.thermo.dof)
 
@@ -443,9 +506,12 @@ class _Runner:
 
         t0 = time.perf_counter()
         if run.minimize:
-            self.simulation.minimizeEnergy(
-                tolerance=run.minimize_tolerance_kJ_mol_nm * unit.kilojoule_per_mole / unit.nanometer,
-                maxIterations=run.minimize_max_iterations)
+            self.progress.stage("minimising")
+            logger.info("minimising (at most %s iterations)", run.minimize_max_iterations or "unlimited")
+            with self.progress.ticking():
+                self.simulation.minimizeEnergy(
+                    tolerance=run.minimize_tolerance_kJ_mol_nm * unit.kilojoule_per_mole / unit.nanometer,
+                    maxIterations=run.minimize_max_iterations)
         state = context.getState(getEnergy=True, getPositions=True, getForces=True, getVelocities=True)
         after = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
         if run.minimize:
@@ -628,33 +694,78 @@ class _Runner:
                     pause.phase, pause.step)
 
     def _fail_guard(self, error: GuardError) -> None:
-        record = self.last_record
-        kept = (f"The last good checkpoint ({record.phase} step {record.step}, {record.file}) is kept; "
-                "after fixing the cause (smaller timestep, another policy, a better structure) continue "
-                "with --resume or start a new run." if record else
-                "No checkpoint had been written yet; fix the cause and start again.")
-        error.args = (f"{error.args[0]} {kept}",)
+        error.args = (f"{error.args[0]} {self._guard_advice(self.last_record)}",)
         logger.error("%s", error.args[0])
-        self._record_failure({"kind": "guard", "phase": error.phase, "step": error.step,
-                              "reason": error.reason, "frames": [str(p) for p in error.frame_files],
-                              "message": error.args[0]})
+        self._record_failure("failed", {"kind": "guard", "phase": error.phase, "step": error.step,
+                                        "reason": error.reason, "frames": [str(p) for p in error.frame_files],
+                                        "message": error.args[0]})
+
+    def _guard_advice(self, record: ckpt.CheckpointRecord | None) -> str:
+        """What the user can do next, limited to what --resume and a new run allow."""
+        if record is None:
+            return ("No checkpoint had been written yet, so nothing of value is kept: fix the cause "
+                    "(smaller timestep, another policy, a better structure) and start again; this "
+                    "directory restarts from step 0.")
+        advice = (f"The last good checkpoint ({record.phase} step {record.step}, {record.file}) is kept. "
+                  "--resume continues from it as the same simulation: it may change guards.* (e.g. "
+                  "--set guards.max_temperature_factor=3) or run.production_steps, not the timestep "
+                  "or the policy.")
+        state_file = self._write_last_good_state(record)
+        if state_file is not None:
+            config = self.config
+            advice += (f" To go on from that state with a smaller timestep or another policy, start a "
+                       f"new run from it (velocities are drawn again from run.seed): mace-lp simulate "
+                       f"{config.ensemble} {self.run_dir / CONFIG_FILE} --set system.state={state_file} "
+                       f"--set run.minimize=false --set integrator.timestep_fs="
+                       f"{config.integrator.timestep_fs / 2:g} -o {self.run_dir}-next")
+        return advice
+
+    def _write_last_good_state(self, record: ckpt.CheckpointRecord) -> Path | None:
+        """Positions, velocities and box of ``record`` as State XML (what system.state reads)."""
+        latest = self.directory.latest_checkpoint()
+        if self.simulation is None or latest is None or latest[0].file != record.file:
+            return None
+        try:
+            context = self.simulation.context
+            context.loadCheckpoint(latest[1])
+            state = context.getState(getPositions=True, getVelocities=True, enforcePeriodicBox=False)
+            return atomic_write_text(self.run_dir / LAST_GOOD_STATE, _serialize(state))
+        except Exception as error:  # noqa: BLE001 - e.g. an equilibration checkpoint in NVE's Verlet context
+            logger.info("could not write %s from %s: %s", LAST_GOOD_STATE, record.file, error)
+            return None
 
     def _fail(self, error: BaseException) -> None:
-        kind = "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "error"
-        logger.error("run stopped (%s): %s: %s", kind, type(error).__name__, error)
-        self._record_failure({"kind": kind, "type": type(error).__name__, "message": str(error)})
+        if isinstance(error, RunInterrupted):
+            cause = error.signal_name
+        elif isinstance(error, KeyboardInterrupt):
+            cause = "SIGINT (Ctrl-C)"
+        elif isinstance(error, SystemExit):
+            cause = f"exit({error.code})"
+        elif is_disk_full(error):
+            cause = "disk full"
+        else:
+            logger.error("run stopped (error): %s: %s", type(error).__name__, error)
+            self._record_failure("failed", {"kind": "error", "type": type(error).__name__,
+                                            "message": str(error)})
+            return
+        record = self.last_record
+        kept = (f"the checkpoint at {record.phase} step {record.step} is kept" if record else
+                "no checkpoint had been written yet")
+        logger.error("run interrupted (%s): %s; continue with --resume", cause, kept)
+        self._record_failure("interrupted", {"kind": "interrupted", "cause": cause,
+                                             "type": type(error).__name__, "message": str(error)})
 
-    def _record_failure(self, failure: dict[str, Any]) -> None:
+    def _record_failure(self, status: str, failure: dict[str, Any]) -> None:
         if not self.manifest:
             return
         if self.last_record is not None:
             self.manifest.update(self._progress_fields(self.last_record.phase, self.last_record.step,
                                                        self.last_record.clock))
-        self.manifest.update(status="failed", failure=failure)
+        self.manifest.update(status=status, failure=failure)
         try:
-            write_manifest(self.run_dir, self.manifest)
-        except OSError:
-            pass
+            write_manifest(self.run_dir, self.manifest, in_place_if_full=True)
+        except OSError as error:
+            logger.error("could not record the status %r in manifest.json: %s", status, error)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -692,23 +803,6 @@ def _write_pdb(path: Path, topology, state) -> None:
     text = StringIO()
     PDBFile.writeFile(topology, state.getPositions(), text, keepIds=True)
     atomic_write_text(path, text.getvalue())
-
-
-def _clear_run_files(run_dir: Path) -> None:
-    """Remove the outputs of an earlier attempt that never reached a checkpoint."""
-    for name in RUN_FILES:
-        path = run_dir / name
-        if path.exists():
-            path.unlink()
-    ckpt.remove_checkpoints(run_dir)
-
-
-def _remove_previous_run(run_dir: Path) -> None:
-    """``--overwrite``: every file a run writes, and nothing else in the directory."""
-    _clear_run_files(run_dir)
-    for path in [run_dir / LOG_FILE, *run_dir.glob("failure-*.xml"), *run_dir.glob("failure-*.pdb")]:
-        if path.exists():
-            path.unlink()
 
 
 def _fmt(value: Any) -> str:

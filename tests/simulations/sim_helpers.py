@@ -77,3 +77,23 @@ def add_switchable_force(system) -> None:
     for index in range(system.getNumParticles()):
         force.addParticle(index, [])
     system.addForce(force)
+
+
+class SignalAt(RaiseAt):
+    """An OpenMM reporter that sends this process a real signal at one step (a scheduler's
+    SIGTERM, a Ctrl-C), delivered while the run is stepping."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        super().__init__(step, RuntimeError("unused"))
+        self.signum = signum
+
+    def report(self, simulation, state):
+        import os
+
+        os.kill(os.getpid(), self.signum)
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` (relative path -> bytes): to show that nothing changed."""
+    return {str(path.relative_to(directory)): path.read_bytes()
+            for path in sorted(Path(directory).rglob("*")) if path.is_file()}

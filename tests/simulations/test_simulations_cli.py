@@ -35,17 +35,27 @@ def test_dry_run_prints_the_resolved_config(tmp_path, tiny_model, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_run_main_job_end_to_end(tmp_path, tiny_model, capsys):
-    """`mace-lp run` with a tiny model instead of the embedded one, and a few steps."""
-    out = tmp_path / "main"
-    code = main(["run", "--model", str(tiny_model), "--device", "cpu", "--policy", "fp64", "--steps", "4",
-                 "--set", "system.water_molecules=8", "--set", "run.equilibration_steps=2",
-                 "--set", "model.backend=e3nn", "--set", "guards.max_temperature_factor=10",
-                 "--set", "run.minimize_max_iterations=2", "-o", str(out), "--quiet"])
+def test_run_main_job_end_to_end(tmp_path, tiny_model, capsys, monkeypatch):
+    """`mace-lp run` with a tiny model instead of the embedded one, and a few steps; run a
+    second time it writes runs/main-2 instead of failing."""
+    monkeypatch.chdir(tmp_path)
+    command = ["run", "--model", str(tiny_model), "--device", "cpu", "--policy", "fp64", "--steps", "4",
+               "--set", "system.water_molecules=8", "--set", "run.equilibration_steps=2",
+               "--set", "model.backend=e3nn", "--set", "guards.max_temperature_factor=10",
+               "--set", "run.minimize_max_iterations=2", "--quiet"]
+    out = tmp_path / "runs" / "main"
+    code = main(command)
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert "ns/day" in printed and "temperature" in printed and "density" in printed and str(out) in printed
+    assert "ns/day" in printed and "temperature" in printed and "density" in printed and "runs/main" in printed
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["ensemble"] == "npt" and manifest["policy"] == "fp64" and manifest["status"] == "completed"
+    before = (out / "manifest.json").read_text()
+    assert main(command) == 0
+    captured = capsys.readouterr()
+    assert "runs/main already holds a run (status 'completed'" in captured.err and "runs/main-2" in captured.err
+    assert json.loads((tmp_path / "runs" / "main-2" / "manifest.json").read_text())["status"] == "completed"
+    assert (out / "manifest.json").read_text() == before
     assert main(["run", "--model", str(tiny_model), "--device", "cpu", "-o", str(out)]) == 1
-    assert "already holds a run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import mdtraj as md
 import numpy as np
 import openmm
 import pytest
 from openmm import unit
 
 from openmm_mace_lp.simulations.checkpoint import read_records
+from openmm_mace_lp.simulations.config import load_config
 from openmm_mace_lp.simulations.guards import GuardError, GuardLimits, find_problem
 from openmm_mace_lp.simulations.reporters import Thermo
 from openmm_mace_lp.simulations.run import RunHooks, simulate
@@ -38,9 +40,29 @@ def test_non_finite_forces_stop_the_run_and_keep_the_checkpoint(tmp_path, tiny_m
     rows = (run_dir / "state.csv").read_text().splitlines()
     assert [int(row.split(",")[0]) for row in rows[1:]] == [2, 4]  # nothing written from step 6
 
+    # The advice is what the tools allow: --resume keeps the timestep and policy, and a new run
+    # can start from the last good state with a smaller timestep.
+    assert "not the timestep or the policy" in message
+    last_good = run_dir / "last_good_state.xml"
+    assert f"--set system.state={last_good}" in message and "integrator.timestep_fs=0.25" in message
+    good = openmm.XmlSerializer.deserialize(last_good.read_text())
+    assert good.getTime().value_in_unit(unit.picosecond) == pytest.approx(4 * 0.5e-3)
+    # Independent record of that state: the trajectory frame the run wrote at step 4 (float32, A).
+    frames = md.load_dcd(str(run_dir / "trajectory.dcd"), top=str(run_dir / "topology.pdb"))
+    assert frames.n_frames == 2  # steps 2 and 4
+    good_nm = np.asarray(good.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    np.testing.assert_allclose(frames.xyz[1], good_nm, atol=2e-6)
+
     # The kept checkpoint is good: without the fault the run resumes and completes.
     resumed = simulate(None, run_dir, resume=True, quiet=True, hooks=RunHooks(modify_system=add_switchable_force))
     assert resumed.status == "completed" and resumed.manifest["steps_completed"] == 8
+
+    # Following the advice: a new run from the last good state with half the timestep.
+    settings = [f"system.state={last_good}", "run.minimize=false", "integrator.timestep_fs=0.25"]
+    follow = simulate(load_config(run_dir / "config.toml", settings), tmp_path / "run-next", quiet=True)
+    assert follow.status == "completed" and follow.manifest["timestep_fs"] == 0.25
+    start = openmm.XmlSerializer.deserialize((tmp_path / "run-next" / "initial_state.xml").read_text())
+    np.testing.assert_array_equal(np.asarray(start.getPositions(asNumpy=True)._value), good_nm)
 
 
 def toy_state(temperature: float, nan_force: bool = False):

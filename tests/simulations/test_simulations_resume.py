@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import time
 
 import mdtraj as md
@@ -16,8 +18,8 @@ import openmm
 import pytest
 
 from openmm_mace_lp.simulations.checkpoint import read_records
-from openmm_mace_lp.simulations.run import simulate
-from sim_helpers import RaiseAt, tiny_config
+from openmm_mace_lp.simulations.run import RunInterrupted, simulate
+from sim_helpers import SignalAt, tiny_config
 
 PRODUCTION = 12
 KILL_AT = 10  # after the checkpoint at step 8, with rows 10 and a frame at 10 written after it
@@ -36,18 +38,38 @@ def pair(tmp_path_factory, tiny_model):
     config = config_for(tiny_model)
     whole = simulate(config, root / "whole", quiet=True).run_dir
     killed = root / "killed"
-    with pytest.raises(KeyboardInterrupt):
-        simulate(config, killed, quiet=True,
-                 hooks=_hooks({"production": [RaiseAt(KILL_AT, KeyboardInterrupt("simulated kill"))]}))
+    # A scheduler's stop: a real SIGTERM to this process while it steps.
+    with pytest.raises(RunInterrupted, match="SIGTERM"):
+        simulate(config, killed, quiet=True, hooks=_hooks({"production": [SignalAt(KILL_AT, signal.SIGTERM)]}))
     state = {"manifest": json.loads((killed / "manifest.json").read_text()),
-             "records": read_records(killed), "csv": (killed / "state.csv").read_text()}
-    # A kill can also land mid-write: leave half a row and half a frame behind.
+             "records": read_records(killed), "csv": (killed / "state.csv").read_text(),
+             "sigterm_handler": signal.getsignal(signal.SIGTERM)}
+    # A kill can also land mid-write: leave half a row and half a frame behind, and the
+    # temporary files of atomic writes that a SIGKILL leaves (beside a file that is not ours).
     with open(killed / "state.csv", "a") as handle:
         handle.write("12,0.006,-1")
     with open(killed / "trajectory.dcd", "ab") as handle:
         handle.write(b"\0" * 100)
+    state["leftovers"] = [_leftover_of_atomic_write(killed / name) for name in LEFTOVER_TARGETS]
+    (killed / NOT_OURS).write_bytes(b"partial")
     resumed = simulate(None, killed, resume=True, quiet=True)
     return whole, killed, state, resumed
+
+
+LEFTOVER_TARGETS = ("manifest.json", "checkpoint.json", "checkpoints/production-000000000012.chk")
+NOT_OURS = ".notes.tmp"
+
+
+def _leftover_of_atomic_write(target):
+    """The temporary file openmm_mace_lp.atomic.atomic_path makes for ``target`` (same naming),
+    as a SIGKILL between its creation and the rename leaves it."""
+    import os
+    import tempfile
+
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp" + target.suffix)
+    os.write(fd, b"partial")
+    os.close(fd)
+    return name
 
 
 def rows(run_dir):
@@ -57,11 +79,21 @@ def rows(run_dir):
 
 def test_kill_left_the_last_checkpoint_and_rows_after_it(pair):
     _, _, state, _ = pair
-    assert state["manifest"]["status"] == "failed"
+    assert state["manifest"]["status"] == "interrupted"
     assert state["manifest"]["failure"]["kind"] == "interrupted"
+    assert state["manifest"]["failure"]["cause"] == "SIGTERM"
+    assert state["sigterm_handler"] is signal.SIG_DFL  # the run restored the default on the way out
     assert state["manifest"]["steps_completed"] == 8
     assert state["records"][0].phase == "production" and state["records"][0].step == 8
     assert [int(line.split(",")[0]) for line in state["csv"].splitlines()[1:]] == [2, 4, 6, 8, 10]
+
+
+def test_stale_temporary_files_are_cleaned_at_the_next_start(pair):
+    _, killed, state, resumed = pair
+    assert resumed.status == "completed"
+    assert not any(os.path.exists(name) for name in state["leftovers"])
+    assert (killed / NOT_OURS).read_bytes() == b"partial"  # not a temporary file of ours: kept
+    assert "removed 3 temporary file(s)" in (killed / "run.log").read_text()
 
 
 def test_resumed_run_reproduces_the_uninterrupted_run_exactly(pair):
