@@ -14,8 +14,11 @@ from typing import Any
 import numpy as np
 
 from . import observables as obs
+from . import support
 from .rundir import RunDir, StateSeries, open_run
-from .timeseries import SeriesMean, detect_equilibration, mean_estimate
+from .support import Limitation
+from .timeseries import (SeriesMean, detect_equilibration, drift_p_value, mean_estimate,
+                         statistical_inefficiency)
 from .uncertainty import Estimate
 
 # name -> (label, unit); the order is the order of tables and plots.
@@ -31,11 +34,14 @@ OBSERVABLES: dict[str, tuple[str, str]] = {
 PEAK_POSITION = "rdf_peak_position"
 PEAK_HEIGHT = "rdf_peak_height"
 
+# (name, selection A, selection B, intermolecular only). O-H and H-H leave out the pairs of
+# one molecule: their covalent peak (0.096 and 0.15 nm) would dwarf the hydrogen-bond peak.
 WATER_RDF_PAIRS = (
-    ("O-O", "water and element O", "water and element O"),
-    ("O-H", "water and element O", "water and element H"),
-    ("H-H", "water and element H", "water and element H"),
+    ("O-O", "water and element O", "water and element O", False),
+    ("O-H", "water and element O", "water and element H", True),
+    ("H-H", "water and element H", "water and element H", True),
 )
+INTERMOLECULAR_NOTE = "intermolecular"
 
 
 def observable_label(name: str) -> tuple[str, str]:
@@ -56,7 +62,8 @@ class AnalysisOptions:
     equilibration: str | float = "auto"  # "auto", "none" or a time in ps to discard
     trajectory: bool = True  # False: state-CSV observables only (fast)
     stride: int = 1
-    rdf_pairs: tuple[tuple[str, str, str], ...] | None = None  # None: water O/H or all-all
+    # (name, sel_a, sel_b[, intermolecular only]); None: water O-O, O-H, H-H or all-all
+    rdf_pairs: tuple[tuple, ...] | None = None
     rdf_r_max_nm: float = 1.0
     rdf_bin_width_nm: float = 0.005
     rdf_blocks: int = 8
@@ -73,6 +80,7 @@ class Observable:
     name: str
     estimate: Estimate
     details: dict[str, Any] = field(default_factory=dict)
+    limitations: list[Limitation] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -82,9 +90,14 @@ class Observable:
     def unit(self) -> str:
         return observable_label(self.name)[1]
 
+    @property
+    def supported(self) -> bool:
+        return not self.limitations
+
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "unit": self.unit, **self.estimate.to_dict(),
-                **self.details}
+                **self.details, "supported": self.supported,
+                "limitations": [item.to_dict() for item in self.limitations]}
 
 
 @dataclass
@@ -98,6 +111,27 @@ class RunAnalysis:
     rdfs: dict[str, obs.RDF] = field(default_factory=dict)
     diffusion: obs.Diffusion | None = None
     warnings: list[str] = field(default_factory=list)
+    # Limitations of the whole run (equilibration, temperature, status): they apply to
+    # every observable, and are already included in each Observable's own list.
+    run_limitations: list[Limitation] = field(default_factory=list)
+    # What the run cannot give at all, by observable name (e.g. D from too few frames).
+    missing: dict[str, Limitation] = field(default_factory=dict)
+    rdf_limitations: dict[str, list[Limitation]] = field(default_factory=dict)
+    water: bool = False  # every residue is water (experimental targets apply)
+
+    @property
+    def kept_ps(self) -> float:
+        """Production time after the equilibration cut (ps)."""
+        time = self.series["time_ps"]
+        return float(time[-1] - time[self.equilibration["t0_index"]]) if len(time) else 0.0
+
+    @property
+    def production_ps(self) -> float:
+        """Production time covered by the state rows (ps)."""
+        steps = self.run.manifest.get("steps_completed")
+        if steps:
+            return float(steps) * self.run.timestep_fs / 1000.0
+        return float(self.series["time_ps"][-1])
 
     @property
     def speed(self) -> dict[str, Any]:
@@ -118,6 +152,12 @@ class RunAnalysis:
             "path": str(self.run.path),
             "equilibration": self.equilibration,
             "observables": {name: o.to_dict() for name, o in self.scalars.items()},
+            "not_measured": {name: item.to_dict() for name, item in self.missing.items()},
+            "run_limitations": [item.to_dict() for item in self.run_limitations],
+            "rdf_limitations": {pair: [item.to_dict() for item in items]
+                                for pair, items in self.rdf_limitations.items()},
+            "production_ps": self.production_ps,
+            "kept_ps": self.kept_ps,
             "speed": self.speed,
             "warnings": self.warnings,
         }
@@ -148,38 +188,79 @@ def _state_series(state: StateSeries, n_atoms: int) -> dict[str, np.ndarray]:
     return series
 
 
+def _detection_names(series: dict[str, np.ndarray], ensemble: str) -> list[str]:
+    return ["potential_energy"] + (["density"] if ensemble == "npt" and "density" in series
+                                   and np.ptp(series["density"]) > 0 else [])
+
+
 def _find_t0(series: dict[str, np.ndarray], ensemble: str,
              setting: str | float) -> dict[str, Any]:
     """Equilibration cut: the latest of the cuts found for the energy (and density)."""
     time = series["time_ps"]
-    if setting == "none":
-        return {"method": "none", "t0_index": 0, "t0_ps": float(time[0]),
+    n = len(time)
+    if setting == "none" or (setting == "auto" and n < 4):
+        method = "none" if setting == "none" else f"none ({n} state rows: too few to detect)"
+        return {"method": method, "t0_index": 0, "t0_ps": float(time[0]),
                 "discarded_fraction": 0.0, "per_series_t0_ps": {}}
     if setting != "auto":
         t0_ps = float(setting)
         index = int(np.searchsorted(time, t0_ps))
-        if index >= len(time) - 1:
+        if index >= n - 1:
             raise ValueError(f"--equilibration {t0_ps} ps discards the whole run "
                              f"(it ends at {time[-1]:.4g} ps); choose a shorter time.")
         return {"method": "fixed", "t0_index": index, "t0_ps": float(time[index]),
-                "discarded_fraction": index / len(time), "per_series_t0_ps": {}}
-    names = ["potential_energy"] + (["density"] if ensemble == "npt" and "density" in series
-                                    else [])
+                "discarded_fraction": index / n, "per_series_t0_ps": {}}
+    names = _detection_names(series, ensemble)
     found = {name: detect_equilibration(series[name]) for name in names}
-    index = max(result.t0 for result in found.values())
-    return {"method": "max N_eff (Chodera 2016) on " + " and ".join(names),
+    index = min(max(result.t0 for result in found.values()), n - 2)
+    return {"method": "max N_eff (Chodera 2016; pymbar g) on " + " and ".join(names),
             "t0_index": int(index), "t0_ps": float(time[index]),
-            "discarded_fraction": index / len(time),
+            "discarded_fraction": index / n,
             "per_series_t0_ps": {name: float(time[r.t0]) for name, r in found.items()},
-            "n_eff": {name: float(r.n_eff) for name, r in found.items()}}
+            "n_eff": {name: float(r.n_eff) for name, r in found.items()},
+            "at_search_limit": [name for name, r in found.items() if r.at_limit]}
+
+
+def _equilibration_limitations(series: dict[str, np.ndarray], ensemble: str,
+                               equilibration: dict[str, Any]) -> list[Limitation]:
+    """Was a stationary stretch found? Checked on the series the cut was chosen from."""
+    t0 = equilibration["t0_index"]
+    out: list[Limitation] = []
+    at_limit = equilibration.get("at_search_limit", [])
+    for name in _detection_names(series, ensemble):
+        kept = series[name][t0:]
+        n_eff = kept.size / statistical_inefficiency(kept) if kept.size >= 2 else kept.size
+        drift = drift_p_value(kept) if kept.size >= 8 else float("nan")
+        label = observable_label(name)[0].lower()
+        out += support.equilibration_limitations(label, name in at_limit, drift, n_eff)
+    return out
 
 
 def _series_observable(name: str, values: np.ndarray) -> Observable:
+    """Mean with SEM (and the samples' SD) of one state series, with its limitations."""
+    label = observable_label(name)[0]
+    if values.size < 2:
+        mean = float(values[0]) if values.size else float("nan")
+        return Observable(name, Estimate(mean, float("nan"), float("nan"), "single sample"),
+                          {"n_samples": int(values.size), "sd": float("nan")},
+                          support.series_limitations(label, None, int(values.size)))
     result: SeriesMean = mean_estimate(values)
     details = result.to_dict()
     for key in ("mean", "sem", "dof", "method"):
         details.pop(key)
-    return Observable(name, result.estimate, details)
+    details["sd"] = float(np.std(values, ddof=1))
+    limitations = support.series_limitations(label, result, values.size)
+    if name in ("density", "volume"):
+        limitations = support.constant_limitation(
+            label, values, "no barostat move changed the box; this is the starting value, "
+            "not a measurement (run longer, or barostat more often).") or limitations
+    if name == "temperature" and values.size >= 8:  # energy and density: see the cut
+        drift = drift_p_value(values)
+        if drift < support.DRIFT_ALPHA:
+            limitations.append(Limitation(support.DRIFTING, (
+                f"{label} still drifts after the cut (linear trend, p = {drift:.1g}); "
+                "the thermostat has not settled it.")))
+    return Observable(name, result.estimate, details, limitations)
 
 
 def state_observables(series: dict[str, np.ndarray], t0: int,
@@ -193,11 +274,19 @@ def state_observables(series: dict[str, np.ndarray], t0: int,
     return {name: _series_observable(name, series[name][t0:]) for name in names}
 
 
-def default_rdf_pairs(topology) -> tuple[tuple[str, str, str], ...]:
-    """Water O-O, O-H, H-H when the system holds water; otherwise all atoms."""
+def default_rdf_pairs(topology) -> tuple[tuple[str, str, str, bool], ...]:
+    """Water O-O, O-H, H-H (the latter two intermolecular) for water; otherwise all atoms."""
     if topology.select("water and element O").size and topology.select("water and element H").size:
         return WATER_RDF_PAIRS
-    return (("all-all", "all", "all"),)
+    return (("all-all", "all", "all", False),)
+
+
+def _pair_spec(spec: tuple) -> tuple[str, str, str, bool]:
+    if len(spec) == 3:
+        return spec[0], spec[1], spec[2], False
+    if len(spec) == 4:
+        return spec[0], spec[1], spec[2], bool(spec[3])
+    raise ValueError(f"RDF pair {spec!r}: give (name, selection A, selection B).")
 
 
 def _default_msd_selection(topology) -> str:
@@ -242,14 +331,16 @@ def unwrap_selection(traj, atoms: np.ndarray, remove_com: bool,
 
 
 def trajectory_observables(run: RunDir, t0_ps: float, t_end_ps: float,
-                           options: AnalysisOptions, warnings: list[str]
+                           options: AnalysisOptions, warnings: list[str],
+                           missing: dict[str, Limitation] | None = None
                            ) -> tuple[dict[str, obs.RDF], obs.Diffusion | None,
                                       dict[str, Observable]]:
     """RDFs, RDF peak of the first pair, MSD and D from frames in [t0_ps, t_end_ps].
 
     ``t_end_ps`` is the last valid state row: frames written after a run diverged (or
-    non-finite frames) are not physics.
+    non-finite frames) are not physics. What cannot be measured goes into ``missing``.
     """
+    missing = {} if missing is None else missing
     traj = run.load_trajectory(stride=options.stride)
     keep = (traj.time >= t0_ps - 1e-9) & (traj.time <= t_end_ps + 1e-9)
     finite = np.isfinite(traj.xyz).all(axis=(1, 2))
@@ -261,33 +352,60 @@ def trajectory_observables(run: RunDir, t0_ps: float, t_end_ps: float,
                         "on; later frames ignored.")
         keep[first_bad:] = False
     if keep.sum() < 4:
-        warnings.append(f"{run.name}: only {int(keep.sum())} trajectory frames after the "
-                        f"equilibration cut at {t0_ps:.4g} ps; RDF and MSD skipped.")
+        reason = (f"only {int(keep.sum())} trajectory frame(s) after the equilibration cut at "
+                  f"{t0_ps:.4g} ps (at least 4 are needed); write frames more often or run "
+                  "longer.")
+        warnings.append(f"{run.name}: {reason} RDF and MSD skipped.")
+        missing["rdf"] = Limitation(support.NOT_MEASURED, f"g(r): {reason}")
+        missing["diffusion"] = Limitation(support.NOT_MEASURED, f"self-diffusion D: {reason}")
         return {}, None, {}
     traj = traj[np.nonzero(keep)[0]]
     scalars: dict[str, Observable] = {}
     rdfs: dict[str, obs.RDF] = {}
-    pairs_spec = options.rdf_pairs or default_rdf_pairs(traj.topology)
-    if traj.unitcell_vectors is not None:
-        limit = obs.max_rdf_range(traj.unitcell_vectors)
-        if options.rdf_r_max_nm > limit:
-            warnings.append(f"{run.name}: RDF range capped at {limit:.3f} nm (half the "
-                            "smallest box width).")
-        for name, sel_a, sel_b in pairs_spec:
-            pairs = obs.select_pairs(traj.topology, sel_a, sel_b)
-            rdfs[name] = obs.compute_rdf(traj, pairs, name, options.rdf_r_max_nm,
-                                         options.rdf_bin_width_nm)
-        first = rdfs[pairs_spec[0][0]]
-        scalars.update(rdf_peak_observables(first, options.rdf_blocks))
-        diffusion = _diffusion(traj, options, run, warnings)
-    else:
+    pairs_spec = [_pair_spec(spec) for spec in (options.rdf_pairs
+                                                 or default_rdf_pairs(traj.topology))]
+    if traj.unitcell_vectors is None:
         warnings.append(f"{run.name}: trajectory has no unit cell; RDF and MSD skipped.")
-        diffusion = None
+        for name in ("rdf", "diffusion"):
+            missing[name] = Limitation(support.NOT_MEASURED, f"{name}: the trajectory has no "
+                                                             "unit cell (non-periodic run).")
+        return {}, None, {}
+    limit = obs.max_rdf_range(traj.unitcell_vectors)
+    if options.rdf_r_max_nm > limit:
+        warnings.append(f"{run.name}: RDF range capped at {limit:.3f} nm (half the "
+                        "smallest box width).")
+    for name, sel_a, sel_b, intermolecular in pairs_spec:
+        pairs = obs.select_pairs(traj.topology, sel_a, sel_b,
+                                 exclude_same_residue=intermolecular)
+        rdfs[name] = obs.compute_rdf(traj, pairs, name, options.rdf_r_max_nm,
+                                     options.rdf_bin_width_nm)
+        rdfs[name].intermolecular = bool(intermolecular)
+    first = rdfs[pairs_spec[0][0]]
+    scalars.update(rdf_peak_observables(first, options.rdf_blocks))
+    diffusion = _diffusion(traj, options, run, warnings, missing)
     if diffusion is not None:
-        scalars["diffusion"] = Observable("diffusion", diffusion.estimate,
-                                          {"fit_start_ps": diffusion.fit_start_ps,
-                                           "fit_end_ps": diffusion.fit_end_ps})
+        scalars["diffusion"] = Observable(
+            "diffusion", diffusion.estimate,
+            {"fit_start_ps": diffusion.fit_start_ps, "fit_end_ps": diffusion.fit_end_ps,
+             "msd_exponent": diffusion.exponent, "msd_slope_ratio": diffusion.slope_ratio},
+            support.msd_limitation(diffusion.slope_ratio, diffusion.exponent,
+                                   diffusion.fit_start_ps, diffusion.fit_end_ps))
     return rdfs, diffusion, scalars
+
+
+def rdf_limitations(rdf: obs.RDF) -> list[Limitation]:
+    """Enough independent frames? Judged on g at the highest peak, frame by frame."""
+    window = np.ones(len(rdf.r), bool) if rdf.ideal_counts is None else rdf.ideal_counts >= 1.0
+    if not window.any():
+        window[:] = True
+    peak = int(np.flatnonzero(window)[np.argmax(rdf.g[window])])
+    per_frame = rdf.g_frames[:, peak]
+    label = f"g({rdf.name}) at its peak ({rdf.r[peak]:.3f} nm), frame by frame"
+    if per_frame.size < 2:
+        return support.series_limitations(label, None, int(per_frame.size))
+    return [item for item in support.series_limitations(label, mean_estimate(per_frame),
+                                                        per_frame.size)
+            if item.code == support.FEW_SAMPLES]
 
 
 def rdf_peak_observables(rdf: obs.RDF, n_blocks: int) -> dict[str, Observable]:
@@ -309,8 +427,8 @@ def rdf_peak_observables(rdf: obs.RDF, n_blocks: int) -> dict[str, Observable]:
     }
 
 
-def _diffusion(traj, options: AnalysisOptions, run: RunDir,
-               warnings: list[str]) -> obs.Diffusion | None:
+def _diffusion(traj, options: AnalysisOptions, run: RunDir, warnings: list[str],
+               missing: dict[str, Limitation]) -> obs.Diffusion | None:
     selection = options.msd_selection or _default_msd_selection(traj.topology)
     atoms = traj.topology.select(selection)
     if atoms.size == 0:
@@ -325,37 +443,108 @@ def _diffusion(traj, options: AnalysisOptions, run: RunDir,
                                  n_groups=options.msd_groups)
     except ValueError as error:
         warnings.append(f"{run.name}: diffusion skipped: {error}")
+        missing["diffusion"] = Limitation(support.NOT_MEASURED, f"self-diffusion D: {error}")
         return None
+
+
+def _energy_drift(series: dict[str, np.ndarray], run: RunDir,
+                  missing: dict[str, Limitation]) -> Observable | None:
+    """NVE: drift of the total energy over the whole run (it has no transient to cut)."""
+    label = observable_label("energy_drift")[0]
+    if run.ensemble != "nve":
+        missing["energy_drift"] = Limitation(support.NOT_MEASURED, (
+            f"{label}: a thermostatted ({run.ensemble.upper()}) run conserves no energy; "
+            "the trend of its total energy is no conservation test (use an NVE run)."))
+        return None
+    rows = len(series["time_ps"])
+    if rows < 4:
+        missing["energy_drift"] = Limitation(support.NOT_MEASURED, (
+            f"{label}: {rows} state row(s); a drift needs at least 4."))
+        return None
+    estimate = obs.energy_drift(series["time_ps"], series["total_energy"] * run.n_atoms,
+                                run.n_atoms)
+    limitations = []
+    if estimate.dof + 1.0 < support.MIN_INDEPENDENT_SAMPLES:
+        limitations.append(Limitation(support.FEW_SAMPLES, (
+            f"{label}: the residuals about the fitted line hold about {estimate.dof + 1:.1f} "
+            f"independent samples (at least {support.MIN_INDEPENDENT_SAMPLES} needed).")))
+    return Observable("energy_drift", estimate, {}, limitations)
+
+
+def _run_limitations(run: RunDir, state: StateSeries, series: dict[str, np.ndarray],
+                     equilibration: dict[str, Any],
+                     scalars: dict[str, Observable]) -> list[Limitation]:
+    """Limitations of the whole run: status, divergence, equilibration, temperature."""
+    out: list[Limitation] = []
+    status = run.manifest.get("status")
+    if status not in (None, "completed"):
+        out.append(Limitation(support.RUN_STATUS, f"the run's status is {status!r}, not "
+                                                  "'completed': it covers less than planned."))
+    if state.truncated_at_step is not None:
+        out.append(Limitation(support.RUN_STATUS, (
+            f"the run diverged at step {state.truncated_at_step}; only the rows before it are "
+            "analysed.")))
+    out += _equilibration_limitations(series, run.ensemble, equilibration)
+    temperature = scalars.get("temperature")
+    if temperature is not None:
+        out += support.temperature_limitation(temperature.estimate,
+                                              float(run.manifest["temperature_K"]),
+                                              run.ensemble)
+    return out
 
 
 def analyze_run(run_dir: str | Path | RunDir,
                 options: AnalysisOptions | None = None) -> RunAnalysis:
-    """Analyse one run directory: equilibration cut, state means, RDFs, MSD, drift."""
+    """Analyse one run directory: equilibration cut, state means, RDFs, MSD, drift.
+
+    Short runs are analysed too: whatever they cannot support is named (limitations on
+    each observable, ``missing`` for what could not be measured at all), never refused.
+    """
     options = options or AnalysisOptions()
     run = run_dir if isinstance(run_dir, RunDir) else open_run(run_dir)
     state = run.load_state()
     series = _state_series(state, run.n_atoms)
-    if len(series["time_ps"]) < 8:
-        raise ValueError(f"{run.path / 'state.csv'} has {len(series['time_ps'])} rows; at "
-                         "least 8 are needed for error estimates - let the run report more.")
     equilibration = _find_t0(series, run.ensemble, options.equilibration)
     t0 = equilibration["t0_index"]
     scalars = state_observables(series, t0, run.ensemble)
     warnings = run.warnings
-    if run.ensemble == "nve":
-        # The total energy of NVE has no transient to cut: drift is fitted to the whole run.
-        scalars["energy_drift"] = Observable(
-            "energy_drift",
-            obs.energy_drift(series["time_ps"], series["total_energy"] * run.n_atoms,
-                             run.n_atoms))
+    missing: dict[str, Limitation] = {}
+    drift = _energy_drift(series, run, missing)
+    if drift is not None:
+        scalars["energy_drift"] = drift
     rdfs: dict[str, obs.RDF] = {}
     diffusion = None
     if options.trajectory:
         if run.has_trajectory:
             t_end = math.inf if state.truncated_at_step is None else float(series["time_ps"][-1])
             rdfs, diffusion, traj_scalars = trajectory_observables(
-                run, equilibration["t0_ps"], t_end, options, warnings)
+                run, equilibration["t0_ps"], t_end, options, warnings, missing)
             scalars.update(traj_scalars)
         else:
             warnings.append(f"{run.name}: no trajectory.dcd/topology.pdb; RDF and MSD skipped.")
-    return RunAnalysis(run, equilibration, scalars, series, rdfs, diffusion, warnings)
+            for name in ("rdf", "diffusion"):
+                missing[name] = Limitation(support.NOT_MEASURED,
+                                           f"{name}: the run wrote no trajectory.")
+    run_limitations = _run_limitations(run, state, series, equilibration, scalars)
+    first_pair = next(iter(rdfs.values()), None)
+    for name, observable in scalars.items():
+        if first_pair is not None and name.startswith((PEAK_POSITION, PEAK_HEIGHT)):
+            observable.limitations += rdf_limitations(first_pair)
+        observable.limitations += run_limitations
+    return RunAnalysis(run, equilibration, scalars, series, rdfs, diffusion, warnings,
+                       run_limitations, missing,
+                       {pair: rdf_limitations(rdf) + run_limitations
+                        for pair, rdf in rdfs.items()}, _is_water(run))
+
+
+def _is_water(run: RunDir) -> bool:
+    """True when the run's topology holds water and nothing else."""
+    if not run.topology_path.is_file():
+        return False
+    import mdtraj as md
+
+    try:
+        residues = list(md.load_topology(str(run.topology_path)).residues)
+    except Exception:  # noqa: BLE001 - an unreadable topology only loses the water targets
+        return False
+    return bool(residues) and all(residue.is_water for residue in residues)

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:  # pragma: no cover
     from .analyze import AnalysisOptions
 
-DEFAULT_LEVEL = 0.99
-DEFAULT_RDF_FACTOR = 1.5
+DEFAULT_ALPHA = 0.05
 
 
 def register(subparsers: Any) -> None:
@@ -53,12 +52,32 @@ def _add_analysis_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_verdict_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reference", default="fp64",
-                        help="reference policy (default fp64)")
-    parser.add_argument("--level", type=float, default=DEFAULT_LEVEL,
-                        help="confidence level of the verdicts (default 0.99)")
-    parser.add_argument("--rdf-factor", type=float, default=DEFAULT_RDF_FACTOR,
-                        help="RDF within noise if IAD <= factor x noise floor (default 1.5)")
+    group = parser.add_argument_group("verdicts")
+    group.add_argument("--reference", default="fp64",
+                       help="reference policy (default fp64)")
+    group.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                       help="family-wise significance level per arm, Holm-corrected "
+                            "(default 0.05: TOST with 90%% intervals)")
+    group.add_argument("--margin", action="append", default=[], metavar="NAME=VALUE[%]",
+                       help="equivalence margin, repeatable: absolute in the observable's "
+                            "unit, or VALUE%% of the reference mean (e.g. density=0.5%%, "
+                            "temperature=0.2, rdf=0.02, rdf:O-H=0.03); defaults in "
+                            "openmm_mace_lp.analysis.margins")
+    group.add_argument("--margins", metavar="FILE",
+                       help="TOML file with a [margins] table of the same NAME = VALUE pairs")
+
+
+def _add_study_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("precision study record")
+    group.add_argument("--study-json", metavar="PATH",
+                       help="also write the study record: PATH.json, or a folder that gets "
+                            "precision_study_<date>_<card>.json (plus the same name .md with "
+                            "the thesis' Tables 4.4 and 4.5)")
+    group.add_argument("--card", metavar="NAME",
+                       help="the card the arms ran on, e.g. 'NVIDIA H200' (needed with "
+                            "--study-json)")
+    group.add_argument("--date", metavar="YYYY-MM-DD",
+                       help="date of the study record (default today)")
 
 
 def _register_analyze(subparsers: Any) -> None:
@@ -83,18 +102,24 @@ def _register_compare(subparsers: Any) -> None:
                         help="JSON output; Markdown goes next to it with .md "
                              "(default ARMS_DIR/comparison.json)")
     _add_verdict_options(parser)
+    _add_study_options(parser)
     _add_analysis_options(parser)
     parser.set_defaults(func=cmd_compare)
 
 
 def _register_report(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "report", help="Markdown + HTML report with plots",
-        description="Write REPORT_DIR/report.md, report.html, comparison.json and "
-                    "figures/*.png: verdict table first, then tables and plots.")
-    parser.add_argument("arms_dir", metavar="ARMS_DIR")
-    parser.add_argument("-o", "--output", metavar="REPORT_DIR", required=True)
+        "report", help="Markdown + HTML report with plots (arms, or one run)",
+        description="ARMS_DIR: compare every policy with the reference and write "
+                    "REPORT_DIR/report.md, report.html, comparison.json and figures/*.png "
+                    "(what the data cannot support first, then verdicts, tables and plots). "
+                    "RUN_DIR (a single run directory): the same kind of report for one run: "
+                    "what it measured with SEM, what it is too short to say, and its plots.")
+    parser.add_argument("arms_dir", metavar="ARMS_DIR|RUN_DIR")
+    parser.add_argument("-o", "--output", metavar="REPORT_DIR",
+                        help="report folder (default ARMS_DIR/report or RUN_DIR/report)")
     _add_verdict_options(parser)
+    _add_study_options(parser)
     _add_analysis_options(parser)
     parser.set_defaults(func=cmd_report)
 
@@ -158,61 +183,84 @@ def analysis_options(args: argparse.Namespace) -> "AnalysisOptions":
 
 
 def _check_verdict_options(args: argparse.Namespace) -> None:
-    if not 0.5 <= args.level < 1.0:
-        raise ValueError(f"--level {args.level}: use a confidence level such as 0.95 or 0.99.")
-    if args.rdf_factor <= 0:
-        raise ValueError(f"--rdf-factor {args.rdf_factor}: must be positive.")
+    if not 0.0 < args.alpha < 0.5:
+        raise ValueError(f"--alpha {args.alpha}: use a significance level such as 0.05.")
+    if getattr(args, "study_json", None) and not args.card:
+        raise ValueError("--study-json needs --card NAME (the card the arms ran on, e.g. "
+                         "--card 'NVIDIA H200'): the record is named and keyed by it.")
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze_run
     from .atomic import write_json
-    from .tables import markdown_table, run_table
+    from .report import run_headline
+    from .tables import markdown_table, run_table, support_table
 
     analysis = analyze_run(args.run_dir, analysis_options(args))
     output = Path(args.output) if args.output else Path(args.run_dir) / "analysis.json"
     write_json(output, analysis.to_dict())
     eq = analysis.equilibration
-    print(f"{analysis.run.name} ({analysis.run.policy}, {analysis.run.ensemble}): kept data "
-          f"from {eq['t0_ps']:.4g} ps ({100 * eq['discarded_fraction']:.0f}% discarded)")
+    print(run_headline(analysis))
+    print(f"kept data from {eq['t0_ps']:.4g} ps ({100 * eq['discarded_fraction']:.0f}% "
+          f"discarded; {eq['method']})")
     print(markdown_table(*run_table(analysis)))
+    support = support_table(analysis)
+    if support[1]:
+        print("What the data cannot support:")
+        print(markdown_table(*support))
     for warning in analysis.warnings:
         print(f"warning: {warning}")
     print(f"wrote {output}")
     return 0
 
 
-def _comparison(args: argparse.Namespace):
+def _comparison(args: argparse.Namespace, path: str | Path):
     from .compare import compare_arms
+    from .margins import resolve_margins
 
     _check_verdict_options(args)
-    return compare_arms(args.arms_dir, args.reference, analysis_options(args), args.level,
-                        args.rdf_factor)
+    margins = resolve_margins(args.margin, args.margins)
+    return compare_arms(path, args.reference, analysis_options(args), args.alpha, margins)
+
+
+def _write_study(args: argparse.Namespace, comparison) -> None:
+    if not args.study_json:
+        return
+    from .study import write_study
+
+    json_path, markdown_path = write_study(comparison, args.study_json, args.card, args.date)
+    print(f"wrote {json_path} and {markdown_path}")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .atomic import write_json, write_text
     from .compare import criteria_text
     from .report import headline
-    from .tables import (differences_table, markdown_table, means_table, rdf_table,
-                         speed_table, verdict_table)
+    from .tables import (differences_table, limitations_table, markdown_table, means_table,
+                         rdf_table, speed_table, verdict_details_table, verdict_table)
 
-    comparison = _comparison(args)
+    comparison = _comparison(args, args.arms_dir)
     output = Path(args.output) if args.output else Path(args.arms_dir) / "comparison.json"
-    markdown = "\n\n".join([
-        f"# Precision arms vs {comparison.reference}",
-        headline(comparison),
-        markdown_table(*verdict_table(comparison)),
-        criteria_text(comparison.level, comparison.rdf_factor, comparison.reference),
-        "## Final means per precision", markdown_table(*means_table(comparison)),
-        f"## Differences to {comparison.reference}",
-        markdown_table(*differences_table(comparison)),
-        "## RDF differences", markdown_table(*rdf_table(comparison)),
-        "## Speed", markdown_table(*speed_table(comparison)),
-    ] + (["## Warnings", "\n".join(f"- {w}" for w in comparison.warnings)]
-         if comparison.warnings else [])) + "\n"
+    limitations = limitations_table(comparison)
+    markdown = "\n\n".join(
+        [f"# Precision arms vs {comparison.reference}", headline(comparison)]
+        + (["## What the data cannot support", markdown_table(*limitations)]
+           if limitations[1] else [])
+        + ["## Verdicts", markdown_table(*verdict_table(comparison)),
+           criteria_text(comparison.alpha, comparison.reference),
+           "## The numbers behind each verdict",
+           markdown_table(*verdict_details_table(comparison)),
+           "## Final means per precision (Table 4.4, mean ± SEM)",
+           markdown_table(*means_table(comparison)),
+           f"## Absolute differences to {comparison.reference}, MSteps/day and speed-up "
+           "(Table 4.5)", markdown_table(*differences_table(comparison)),
+           "## RDF differences", markdown_table(*rdf_table(comparison)),
+           "## Speed", markdown_table(*speed_table(comparison))]
+        + (["## Warnings", "\n".join(f"- {w}" for w in comparison.warnings)]
+           if comparison.warnings else [])) + "\n"
     write_json(output, comparison.to_dict())
     markdown_path = write_text(output.with_suffix(".md"), markdown)
+    _write_study(args, comparison)
     print(headline(comparison))
     print(markdown_table(*verdict_table(comparison)))
     print(f"wrote {output} and {markdown_path}")
@@ -220,11 +268,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import headline, write_report
+    from .report import headline, run_headline, write_report, write_run_analysis_report
+    from .rundir import MANIFEST
 
-    comparison = _comparison(args)
-    paths = write_report(comparison, args.output)
-    print(headline(comparison))
+    path = Path(args.arms_dir)
+    output = Path(args.output) if args.output else path / "report"
+    if (path / MANIFEST).is_file():  # a single run directory
+        from .analyze import analyze_run
+
+        if args.study_json:
+            raise ValueError(f"--study-json needs arms to compare; {path} is a single run "
+                             "directory. Pass the folder that holds fp64-seed1/, ...")
+        analysis = analyze_run(path, analysis_options(args))
+        paths = write_run_analysis_report(analysis, output)
+        print(run_headline(analysis))
+    else:
+        comparison = _comparison(args, path)
+        paths = write_report(comparison, output)
+        _write_study(args, comparison)
+        print(headline(comparison))
     print(f"wrote {paths['markdown']} and {paths['html']} "
           f"({sum(1 for k in paths if k.startswith('figure:'))} figures)")
     return 0

@@ -69,6 +69,7 @@ class RDF:
     bin_width: float
     n_pairs: int
     ideal_counts: np.ndarray | None = None  # pairs per bin per frame an ideal gas would give
+    intermolecular: bool = False  # pairs within one residue left out
 
     @property
     def g(self) -> np.ndarray:
@@ -82,7 +83,8 @@ class RDF:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "r_nm": self.r, "g": self.g, "bin_width_nm": self.bin_width,
-                "n_pairs": self.n_pairs, "n_frames": len(self.g_frames)}
+                "n_pairs": self.n_pairs, "n_frames": len(self.g_frames),
+                "intermolecular": self.intermolecular}
 
 
 def compute_rdf(traj, pairs: np.ndarray, name: str = "rdf", r_max: float = 1.0,
@@ -225,17 +227,43 @@ class Diffusion:
     time_ps: np.ndarray = field(repr=False)
     msd_nm2: np.ndarray = field(repr=False)  # mean over all atoms
     intercept_nm2: float = 0.0
+    exponent: float = math.nan  # log-log slope of the MSD over the fit window (1: diffusive)
+    slope_ratio: float = math.nan  # MSD slope over the window's second half / first half
 
     def to_dict(self) -> dict:
         return {**self.estimate.to_dict(), "unit": DIFFUSION_UNIT,
                 "fit_start_ps": self.fit_start_ps, "fit_end_ps": self.fit_end_ps,
-                "n_groups": self.n_groups, "intercept_nm2": self.intercept_nm2}
+                "n_groups": self.n_groups, "intercept_nm2": self.intercept_nm2,
+                "msd_exponent": self.exponent, "msd_slope_ratio": self.slope_ratio}
 
 
 def _slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Ordinary least-squares slope and intercept."""
     slope, intercept = np.polyfit(x, y, 1)
     return float(slope), float(intercept)
+
+
+def msd_exponent(time_ps: np.ndarray, msd_nm2: np.ndarray) -> float:
+    """Slope of log MSD against log t (2 ballistic, < 1 caged, 1 diffusive); NaN if < 2 points."""
+    keep = (np.asarray(time_ps) > 0) & (np.asarray(msd_nm2) > 0)
+    if keep.sum() < 2:
+        return math.nan
+    return _slope(np.log(time_ps[keep]), np.log(msd_nm2[keep]))[0]
+
+
+def slope_ratio(time_ps: np.ndarray, msd_nm2: np.ndarray) -> float:
+    """Least-squares slope of the window's second half over its first (1: linear).
+
+    Unlike the log-log slope it ignores the constant offset that the ballistic and caged
+    motion before the window leave in a diffusive MSD; t^2 over 10-50 % of a run gives ~2.
+    """
+    n = len(time_ps)
+    if n < 4:
+        return math.nan
+    half = n // 2
+    early = _slope(time_ps[:half + 1], msd_nm2[:half + 1])[0]
+    late = _slope(time_ps[half:], msd_nm2[half:])[0]
+    return late / early if early > 0 else math.nan
 
 
 def fit_diffusion(time_ps: np.ndarray, msd_atoms: np.ndarray,
@@ -275,7 +303,9 @@ def fit_diffusion(time_ps: np.ndarray, msd_atoms: np.ndarray,
         sem, dof, method = math.nan, math.nan, "single atom: no error estimate"
     return Diffusion(Estimate(slope * to_d, sem * to_d, dof, method),
                      float(time_ps[mask][0]), float(time_ps[mask][-1]), n_groups,
-                     time_ps=time_ps, msd_nm2=mean_msd, intercept_nm2=intercept)
+                     time_ps=time_ps, msd_nm2=mean_msd, intercept_nm2=intercept,
+                     exponent=msd_exponent(time_ps[mask], mean_msd[mask]),
+                     slope_ratio=slope_ratio(time_ps[mask], mean_msd[mask]))
 
 
 # --------------------------------------------------------------------------------------

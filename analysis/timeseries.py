@@ -5,8 +5,15 @@
 - :func:`block_average` Flyvbjerg-Petersen blocking, a cross-check that makes no
   assumption about the shape of C(t) (block size by the Lee-Needs-Drummond rule);
 - :func:`detect_equilibration` Chodera's rule (J. Chem. Theory Comput. 12, 1799 (2016)):
-  discard the first t0 samples where t0 maximises the effective sample count of the rest;
+  discard the first t0 samples where t0 maximises the effective sample count of the rest,
+  with pymbar's statistical inefficiency (the field's implementation) over candidate
+  origins in the first half;
+- :func:`drift_p_value` whether what is kept still drifts (slope against its correlated SE);
 - :func:`mean_estimate` the mean of a series with the larger of the two error estimates.
+
+:func:`statistical_inefficiency` is ours rather than pymbar's because pymbar sums C(t) up
+to its first zero crossing, which for slowly decaying, noisy C(t) accumulates noise; the
+tests check both against the analytic g of AR(1) series and against each other.
 """
 from __future__ import annotations
 
@@ -121,8 +128,21 @@ class Equilibration:
     """Where the transient ends: the first ``t0`` samples are discarded."""
 
     t0: int
-    g: float  # statistical inefficiency of x[t0:]
+    g: float  # statistical inefficiency of x[t0:] (pymbar's estimator)
     n_eff: float  # (N - t0) / g
+    at_limit: bool = False  # t0 is the last origin searched: N_eff was still rising
+
+
+def pymbar_timeseries():
+    """pymbar's ``timeseries`` module, imported without its import-time log banners."""
+    import logging
+
+    logger = logging.getLogger("pymbar")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.ERROR)  # a JAX notice and a generic caution, every import
+    from pymbar import timeseries
+
+    return timeseries
 
 
 def detect_equilibration(x: np.ndarray, max_fraction: float = 0.5,
@@ -130,21 +150,57 @@ def detect_equilibration(x: np.ndarray, max_fraction: float = 0.5,
     """Choose t0 maximising N_eff(t0) = (N - t0) / g(x[t0:]) (Chodera 2016).
 
     A transient inflates both the variance and the apparent correlation time, so cutting
-    it raises N_eff; cutting equilibrated data lowers N. Candidates are spread evenly over
-    the first ``max_fraction`` of the series (never discarding more than that).
+    it raises N_eff; cutting equilibrated data lowers N. g is pymbar's estimator (the one
+    the method was published with, ``timeseries.statistical_inefficiency``, fast mode).
+    Unlike ``pymbar.timeseries.detect_equilibration`` the candidates are limited to the
+    first ``max_fraction`` of the series: on a stationary series N_eff(t0) is flat and its
+    noisy maximum would otherwise land anywhere, discarding good data; a cut at that limit
+    means the transient was not seen to end (see :mod:`.support`). With
+    ``max_fraction=1`` and every origin a candidate this is pymbar's own search.
     """
     x = _as_series(x)
     n = x.size
+    if np.ptp(x) == 0.0:
+        return Equilibration(t0=0, g=1.0, n_eff=float(n))
+    timeseries = pymbar_timeseries()
     last = max(0, min(n - 2, int(n * max_fraction)))
     candidates = np.unique(np.linspace(0, last, min(n_candidates, last + 1)).astype(int))
-    best = Equilibration(t0=0, g=statistical_inefficiency(x), n_eff=0.0)
-    best.n_eff = n / best.g
-    for t0 in candidates[1:]:
-        g = statistical_inefficiency(x[t0:])
+    best = None
+    for t0 in candidates:
+        tail = x[t0:]
+        g = float(timeseries.statistical_inefficiency(tail, fast=True)) \
+            if np.ptp(tail) > 0 else float(tail.size)
         n_eff = (n - t0) / g
-        if n_eff > best.n_eff:
+        if best is None or n_eff > best.n_eff:
             best = Equilibration(t0=int(t0), g=g, n_eff=n_eff)
+    best.at_limit = bool(len(candidates) > 1 and best.t0 == candidates[-1])
     return best
+
+
+def drift_p_value(x: np.ndarray) -> float:
+    """Two-sided p that ``x`` has no linear trend (least-squares slope against its SE).
+
+    The slope's ordinary SE assumes independent residuals; it is scaled by sqrt(g) of the
+    residuals about the line (their correlation), and dof = N/g - 2. A small p means the
+    series still drifts: the equilibration cut did not reach a stationary stretch. A trend
+    inflates a series' own SEM, so comparing the means of its halves would miss it; the
+    residuals about the fitted line do not carry the trend. NaN: fewer than 8 samples.
+    """
+    from scipy import stats
+
+    x = _as_series(x)
+    n = x.size
+    if n < 8:
+        return math.nan
+    t = np.arange(n, dtype=float)
+    (slope, intercept), cov = np.polyfit(t, x, 1, cov="unscaled")
+    residuals = x - (slope * t + intercept)
+    if np.ptp(residuals) == 0.0:
+        return 1.0 if slope == 0.0 else 0.0
+    g = statistical_inefficiency(residuals)
+    se = math.sqrt(float(residuals @ residuals) / (n - 2) * cov[0, 0] * g)
+    dof = max(n / g - 2.0, 1.0)
+    return float(2.0 * stats.t.sf(abs(slope) / se, dof))
 
 
 @dataclass

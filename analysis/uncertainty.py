@@ -1,9 +1,9 @@
-"""Estimates with honest uncertainties, their combination over seeds, and verdicts.
+"""Estimates with honest uncertainties and their combination over seeds.
 
 Every estimate carries a standard error *and* the effective number of degrees of freedom
 behind it: an error from 8 blocks is itself uncertain, and the verdict's critical value
 (Student t) must widen accordingly. Uncertainties are combined with the
-Welch-Satterthwaite approximation.
+Welch-Satterthwaite approximation. Verdicts against a reference are in :mod:`.equivalence`.
 """
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
-
-DEFAULT_LEVEL = 0.99
 
 
 @dataclass(frozen=True)
@@ -81,44 +79,3 @@ def combine_seeds(estimates: Sequence[Estimate]) -> Estimate:
     dof = welch_satterthwaite([var_prop, var_spread - var_prop], [dof_prop, n - 1])
     return Estimate(float(means.mean()), math.sqrt(var_spread), dof,
                     f"{n} seeds; seed-to-seed SD/sqrt(n) (> propagated within-run SEM)")
-
-
-@dataclass(frozen=True)
-class Difference:
-    """Difference of an arm to the reference with its combined uncertainty and verdict."""
-
-    delta: float  # arm - reference
-    sigma: float  # combined standard error
-    dof: float
-    level: float
-    threshold: float  # t_crit * sigma: |delta| above it is outside noise
-    z: float  # delta / sigma
-    relative: float  # delta / |reference mean|
-    within_noise: bool | None  # None: no usable uncertainty, cannot judge
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def compare_estimates(arm: Estimate, reference: Estimate,
-                      level: float = DEFAULT_LEVEL) -> Difference:
-    """Judge ``arm - reference`` against its combined uncertainty at confidence ``level``.
-
-    Within noise means |delta| <= t_{(1+level)/2, dof} * sqrt(sem_arm^2 + sem_ref^2), with
-    dof from Welch-Satterthwaite: a two-sided test of "same mean" at 1 - level. Without a
-    finite uncertainty (e.g. a single-frame estimate) the verdict is None, not a guess.
-    """
-    delta = arm.mean - reference.mean
-    variances = [arm.sem ** 2, reference.sem ** 2]
-    sigma = math.sqrt(sum(variances))
-    relative = delta / abs(reference.mean) if reference.mean != 0 else math.nan
-    if not (math.isfinite(sigma) and math.isfinite(delta)):
-        return Difference(delta, sigma, math.nan, level, math.nan, math.nan, relative, None)
-    dof = welch_satterthwaite(variances, [arm.dof, reference.dof])
-    threshold = t_critical(level, dof) * sigma
-    if sigma > 0:
-        z = delta / sigma
-    else:
-        z = 0.0 if delta == 0 else math.copysign(math.inf, delta)
-    within = bool(abs(delta) <= threshold)
-    return Difference(delta, sigma, dof, level, threshold, z, relative, within)

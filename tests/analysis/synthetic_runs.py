@@ -75,7 +75,7 @@ def make_run_dir(path: str | Path, policy: str = "fp64", seed: int = 1, *,
                  potential_per_atom: float = -40.0, drift_per_atom_ns: float = 0.0,
                  diffusion_nm2_ps: float = D_TRUE_NM2_PS, ns_per_day: float = 10.0,
                  o_h_nm: float = O_H, transient: bool = True, status: str = "completed",
-                 rng_seed: int | None = None) -> Path:
+                 rng_seed: int | None = None, manifest_extra: dict | None = None) -> Path:
     """Write a run directory with ``n_side**3`` waters; returns its path."""
     rng = np.random.default_rng(rng_seed if rng_seed is not None else seed)
     path = Path(path)
@@ -142,7 +142,7 @@ def make_run_dir(path: str | Path, policy: str = "fp64", seed: int = 1, *,
         "trajectory_interval_steps": trajectory_interval, "wall_time_s": 100.0,
         "ns_per_day": ns_per_day, "device": "cpu", "platform": "CPU",
         "model": {"path": "model.model", "sha256": "0" * 64}, "versions": {},
-        "status": status,
+        "status": status, **(manifest_extra or {}),
     }
     (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return path

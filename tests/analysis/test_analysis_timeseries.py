@@ -113,3 +113,55 @@ def test_bad_series_are_rejected_with_a_reason():
         ts.statistical_inefficiency([1.0])
     with pytest.raises(ValueError, match="NaN"):
         ts.mean_estimate([1.0, np.nan, 2.0])
+
+
+def test_statistical_inefficiency_agrees_with_pymbar(rng):
+    """Ours (Sokal window) and pymbar's (first zero crossing) estimate the same g of AR(1)."""
+    pymbar = ts.pymbar_timeseries()
+    for phi in (0.5, 0.9):
+        ours, theirs = [], []
+        for _ in range(6):
+            x = ar1_stationary(rng, 20_000, phi)
+            ours.append(ts.statistical_inefficiency(x))
+            theirs.append(pymbar.statistical_inefficiency(x))
+        assert np.mean(ours) == pytest.approx(np.mean(theirs), rel=0.1)
+        assert np.mean(theirs) == pytest.approx((1 + phi) / (1 - phi), rel=0.12)
+
+
+def test_equilibration_search_over_every_origin_is_pymbars(rng):
+    """With every origin a candidate and no limit, the cut is pymbar's detect_equilibration
+    (its N_eff counts N - t + 1 samples; ours N - t, which moves the optimum by < 1 %)."""
+    pymbar = ts.pymbar_timeseries()
+    n = 600
+    x = ar1_stationary(rng, n, 0.7) + 8.0 * np.exp(-np.arange(n) / 40.0)
+    ours = ts.detect_equilibration(x, max_fraction=1.0, n_candidates=n)
+    t0, g, _ = pymbar.detect_equilibration(x, fast=True)
+    assert abs(ours.t0 - t0) <= 0.01 * n
+    assert ours.g == pytest.approx(float(pymbar.statistical_inefficiency(x[ours.t0:], fast=True)))
+
+
+def test_transient_longer_than_the_search_is_flagged(rng):
+    """A shift that lasts 60 % of the run: N_eff still rises at the last origin searched
+    (half the run), so the cut sits at the limit; a trend over the whole run leaves the
+    kept data drifting. Both are what support.equilibration_limitations reports."""
+    from openmm_mace_lp.analysis import support
+
+    n = 1000
+    step = ar1_stationary(rng, n, 0.5) + np.where(np.arange(n) < 600, 5.0, 0.0)
+    found = ts.detect_equilibration(step)
+    assert found.at_limit and found.t0 == 500
+    assert not ts.detect_equilibration(ar1_stationary(rng, n, 0.5)).at_limit
+    trend = ar1_stationary(rng, n, 0.5, 0.1) + np.linspace(5.0, 0.0, n)
+    kept = trend[ts.detect_equilibration(trend).t0:]
+    codes = {item.code for item in support.equilibration_limitations(
+        "energy", False, ts.drift_p_value(kept), 100.0)}
+    assert codes == {support.DRIFTING}
+    assert {item.code for item in support.equilibration_limitations(
+        "energy", True, 0.5, 100.0)} == {support.EQUILIBRATION}
+
+
+def test_drift_p_value_tells_a_trend_from_noise(rng):
+    assert ts.drift_p_value(ar1_stationary(rng, 4000, 0.8) + np.linspace(0, 3, 4000)) < 1e-6
+    p_values = [ts.drift_p_value(ar1_stationary(rng, 4000, 0.8)) for _ in range(200)]
+    assert np.mean(np.array(p_values) < 0.01) <= 0.05  # ~1 % expected
+    assert math.isnan(ts.drift_p_value(np.arange(6.0)))
