@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from . import tomlwriter
+import tomli_w
 
 ENSEMBLES = ("nvt", "npt", "nve")
 BAROSTAT_MODES = ("isotropic", "anisotropic")
@@ -49,8 +49,17 @@ RESUMABLE_CHANGES = ("run.production_steps", "output.keep_checkpoints", "guards.
                      "model.path")
 
 
+MODEL_KINDS = ("mace", "amoeba")
+
+
 @dataclass
 class ModelConfig:
+    # "mace": the MACE model of model.path; "amoeba": the embedded model's teacher, OpenMM's
+    # AMOEBA water (amoeba2018.xml, PME 0.8 nm, extrapolated polarisation: the settings of its
+    # own MD in systems/recipes/amoeba_data.py), so the teacher runs through the same recipes,
+    # outputs and analysis as the model it taught (the closed loop). policy/backend/neighbour
+    # keys do not apply to it.
+    kind: str = "mace"
     path: str = "default"  # a MACE .model file, or "default" for the embedded water model
     policy: str = "fp32"  # one of openmm_mace_lp.policy.POLICIES
     backend: str = "auto"  # auto (cueq-fused on a GPU with cuEq kernels, else e3nn), cueq, cueq-fused, e3nn
@@ -86,6 +95,11 @@ class BarostatConfig:
     pressure_bar: float = 1.01325
     interval_steps: int = 25  # steps between Monte Carlo volume moves
     mode: str = "isotropic"  # isotropic | anisotropic (x, y, z scaled independently)
+    # Let the barostat scale molecule centres instead of every atom: the System gets the
+    # topology's bonds in a HarmonicBondForce with zero force constants (no energy), which is
+    # how OpenMM finds molecules. Without it each volume trial stretches every O-H bond of a
+    # MACE-only System (~7 kT for a 1 % trial at 1029 atoms), so trials must stay tiny.
+    scale_molecules: bool = True
 
 
 @dataclass
@@ -146,7 +160,7 @@ class SimulationConfig:
     def to_toml(self) -> str:
         header = "# openmm-mace-lp simulation config (resolved). Repeat with:\n" \
                  "#   mace-lp simulate <ensemble> config.toml -o RUN_DIR\n"
-        return header + tomlwriter.dumps(self.to_dict())
+        return header + tomli_w.dumps(_without_none(self.to_dict()))
 
     def copy(self) -> "SimulationConfig":
         return copy.deepcopy(self)
@@ -161,6 +175,12 @@ SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fiel
 
 
 # ----------------------------------------------------------------------------- reading
+
+
+def _without_none(table: Mapping[str, Any]) -> dict[str, Any]:
+    """TOML has no null: a key left out means "not set" when the file is read back."""
+    return {key: _without_none(value) if isinstance(value, Mapping) else value
+            for key, value in table.items() if value is not None}
 
 
 def load_config(path: os.PathLike | None = None, overrides: Iterable[str] = (),
@@ -351,6 +371,9 @@ def _validate_model(model: ModelConfig) -> None:
     from openmm_mace_lp.backend import BACKENDS
     from openmm_mace_lp.policy import POLICIES
 
+    _check_choice("model.kind", model.kind, MODEL_KINDS)
+    if model.kind == "amoeba":
+        return  # the teacher force field: no model file, policy or backend
     _check_choice("model.policy", model.policy, POLICIES)
     _check_choice("model.backend", model.backend, BACKENDS)
     _check_choice("model.cuda_graphs", model.cuda_graphs, ("auto", True, False))

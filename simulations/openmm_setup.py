@@ -32,8 +32,57 @@ def create_system(config: SimulationConfig, structure: StartStructure, margin: f
     """The MACE System for the structure (this exports the TorchScript module: the expensive
     part of setting up, cached on disk per model, policy, backend and atoms). The structure's
     positions and box size a fixed-capacity neighbour list, with ``margin`` (default
-    ``model.neighbor_margin``) of extra edges."""
+    ``model.neighbor_margin``) of extra edges. ``model.kind = "amoeba"`` builds the teacher's
+    own System instead."""
     import openmm
+
+    if config.model.kind == "amoeba":
+        system = amoeba_system(structure)
+    else:
+        system = mace_system(config, structure, margin)
+        if config.ensemble == "npt" and config.barostat.scale_molecules:
+            add_molecule_bonds(system, structure.topology)
+    if structure.box is not None:
+        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*map(float, row)) for row in structure.box])
+    if config.ensemble == "npt":
+        system.addForce(create_barostat(config))
+    return system
+
+
+def amoeba_system(structure: StartStructure):
+    """The embedded model's teacher (AMOEBA water) with the settings of its own MD."""
+    from openmm_mace_lp.systems.recipes.teachers import AmoebaTeacher
+
+    return AmoebaTeacher().create_system(_topology_with_box(structure), periodic=structure.box is not None,
+                                         polarization="extrapolated")
+
+
+def _topology_with_box(structure: StartStructure):
+    """The structure's topology, carrying its box when it has one."""
+    import openmm
+
+    topology = structure.topology
+    if structure.box is not None:
+        topology.setPeriodicBoxVectors([openmm.Vec3(*map(float, row)) for row in structure.box])
+    return topology
+
+
+def add_molecule_bonds(system, topology) -> None:
+    """The topology's bonds as a HarmonicBondForce with zero force constants: no energy or
+    force, but OpenMM's Context.getMolecules() (which MonteCarloBarostat uses to scale
+    molecule centres) finds molecules only through bonded forces and constraints."""
+    import openmm
+
+    bonds = openmm.HarmonicBondForce()
+    bonds.setName("MoleculeBonds")
+    for bond in topology.bonds():
+        bonds.addBond(bond[0].index, bond[1].index, 0.1, 0.0)
+    if bonds.getNumBonds():
+        system.addForce(bonds)
+
+
+def mace_system(config: SimulationConfig, structure: StartStructure, margin: float | None = None):
+    """The plug-in's MACE System (TorchForce) for the structure."""
     from openmmml import MLPotential
 
     apply_cpu_threads(config)
@@ -41,9 +90,7 @@ def create_system(config: SimulationConfig, structure: StartStructure, margin: f
     model_path = None if config.model.path == "default" else config.model.path
     potential = MLPotential("mace-lp", modelPath=model_path, policy=config.model.policy,
                             backend=config.model.backend)
-    topology = structure.topology
-    if structure.box is not None:
-        topology.setPeriodicBoxVectors([openmm.Vec3(*map(float, row)) for row in structure.box])
+    topology = _topology_with_box(structure)
     margin = margin or config.model.neighbor_margin or (0.1 if config.ensemble == "npt" else 0.05)
     neighbors = config.model.neighbor_list
     system = potential.createSystem(
@@ -51,10 +98,6 @@ def create_system(config: SimulationConfig, structure: StartStructure, margin: f
         cudaGraphs=cuda_graphs_argument(config.model.cuda_graphs, neighbors),
         fixedNeighborList=None if neighbors == "auto" else neighbors == "fixed",
         positions=structure.positions, neighborMargin=margin)
-    if structure.box is not None:
-        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*map(float, row)) for row in structure.box])
-    if config.ensemble == "npt":
-        system.addForce(create_barostat(config))
     return system
 
 

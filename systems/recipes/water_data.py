@@ -351,39 +351,53 @@ def generate_trajectory(tr: dict, s: Settings, workdir: Path) -> Path:
 # ----------------------------------------------------------------------------- label
 
 
-def make_calculator(s: Settings, multiplicity: int = 1):
-    from tblite.ase import TBLite
+def gfn_teacher(s: Settings):
+    """The GFN-xTB teacher (tblite) that these settings describe."""
+    from openmm_mace_lp.systems.recipes.teachers import GfnTeacher
 
-    return TBLite(method=s.method, accuracy=s.accuracy, electronic_temperature=s.electronic_temperature_K,
-                  max_iterations=s.max_iterations, charge=0, multiplicity=multiplicity, verbosity=0)
+    return GfnTeacher(method=s.method, accuracy=s.accuracy, electronic_temperature_K=s.electronic_temperature_K,
+                      max_iterations=s.max_iterations, e0_multiplicity=s.e0_multiplicity)
+
+
+def make_calculator(s: Settings, multiplicity: int = 1):
+    return gfn_teacher(s).calculator(multiplicity=multiplicity)
 
 
 def label_atoms(atoms, s: Settings):
     """(energy eV, forces eV/A, stress Voigt eV/A^3 or None) from GFN2-xTB."""
-    atoms = atoms.copy()
-    atoms.calc = make_calculator(s)
-    e = float(atoms.get_potential_energy())
-    f = np.array(atoms.get_forces())
-    st = np.array(atoms.get_stress(voigt=True)) if atoms.pbc.any() else None
-    return e, f, st
+    out = gfn_teacher(s).label(atoms)
+    return out.info["REF_energy"], out.arrays["REF_forces"], out.info.get("REF_stress")
 
 
-def _label_one(block: str, s: Settings) -> str:
-    import ase.io
-
-    atoms = ase.io.read(io.StringIO(block), format="extxyz")
-    e, f, st = label_atoms(atoms, s)
+def labelled_text(atoms, labelled, pos_decimals: int = 6, extra: dict | None = None) -> str:
+    """extxyz text of ``atoms`` with the labels of ``labelled`` (a teacher's output, see
+    teachers.py): REF_energy and REF_stress (periodic only) lead the header, ``extra`` follows,
+    then the frame's own keys, and frame_id closes it (``_frame_id`` and the shard readers rely
+    on that).  Positions are written back as read, so the stored geometry is the labelled one."""
     info = {k: v for k, v in atoms.info.items()}
     frame_id = info.pop("frame_id")
-    out = dict(REF_energy=e)
-    if st is not None:
-        out["REF_stress"] = st
+    out = dict(REF_energy=labelled.info["REF_energy"])
+    if "REF_stress" in labelled.info:
+        out["REF_stress"] = labelled.info["REF_stress"]
+    out.update(extra or {})
     out.update(info)
     out["frame_id"] = frame_id
     return format_frame(atoms.get_chemical_symbols(), atoms.positions, out,
                         cell=np.array(atoms.cell) if atoms.pbc.any() else None,
-                        pbc=tuple(bool(p) for p in atoms.pbc), forces=f,
-                        pos_decimals=s.position_decimals)
+                        pbc=tuple(bool(p) for p in atoms.pbc), forces=labelled.arrays["REF_forces"],
+                        pos_decimals=pos_decimals)
+
+
+def label_block(block: str, teacher, pos_decimals: int = 6) -> str:
+    """One unlabelled extxyz frame labelled by ``teacher``, as extxyz text (:func:`labelled_text`)."""
+    import ase.io
+
+    atoms = ase.io.read(io.StringIO(block), format="extxyz")
+    return labelled_text(atoms, teacher.label(atoms), pos_decimals)
+
+
+def _label_one(block: str, s: Settings) -> str:
+    return label_block(block, gfn_teacher(s), s.position_decimals)
 
 
 def _append_block(path: Path, text: str) -> None:
@@ -456,15 +470,7 @@ def _label_worker(args):
 
 
 def isolated_atom_energies(s: Settings) -> dict:
-    from ase import Atoms
-
-    out = {}
-    for sym, mult in s.e0_multiplicity.items():
-        at = Atoms(sym, positions=[[0.0, 0.0, 0.0]])
-        at.calc = make_calculator(s, multiplicity=mult)
-        out[sym] = dict(energy_eV=float(at.get_potential_energy()), multiplicity=mult,
-                        uhf=mult - 1)
-    return out
+    return gfn_teacher(s).isolated_atoms()
 
 
 def label(workdir: Path, s: Settings, trs: list[dict], workers: int = 1, max_frames: int | None = None) -> None:
@@ -593,15 +599,22 @@ def _versions() -> dict:
     return v
 
 
-def assemble(workdir: Path, s: Settings, trs: list[dict], out_dir: Path, prefix: str = PREFIX) -> dict:
-    split = split_trajectories(trs, s)
-    e0 = json.loads((workdir / "e0s.json").read_text())
-    texts = {"train": [], "valid": [], "test": []}
-    for sym, d in e0.items():
-        texts["train"].append(format_frame([sym], np.zeros((1, 3)), dict(
-            REF_energy=d["energy_eV"], config_type="IsolatedAtom", trajectory_id="isolated_atoms",
-            multiplicity=d["multiplicity"], frame_id=f"isolated_atoms/{sym}"), forces=np.zeros((1, 3))))
+def isolated_atom_block(symbol: str, energy_eV: float, **info) -> str:
+    """An ``IsolatedAtom`` frame (mace ``--E0s isolated`` reads these from the train file)."""
+    return format_frame([symbol], np.zeros((1, 3)), dict(
+        REF_energy=energy_eV, config_type="IsolatedAtom", trajectory_id="isolated_atoms", **info,
+        frame_id=f"isolated_atoms/{symbol}"), forces=np.zeros((1, 3)))
+
+
+def gather_labelled(workdir: Path, trs: list[dict], split: dict, texts: dict, keep=None) -> tuple[dict, dict]:
+    """Appends each trajectory's labelled frames (in generation order) to ``texts[its split]``;
+    returns (counts per split, unlabelled frames per trajectory) and records ``split`` and
+    ``labelled_frames`` in each trajectory's dict.  ``keep(block) -> bool``, if given, leaves
+    frames out (counted under ``left_out``; their labels stay in the workdir)."""
     counts = {k: dict(frames=0, atoms=0, trajectories=0, by_config_type={}) for k in texts}
+    if keep is not None:
+        for c in counts.values():
+            c["left_out"] = 0
     missing = {}
     for tr in trs:
         tid = tr["trajectory_id"]
@@ -618,17 +631,35 @@ def assemble(workdir: Path, s: Settings, trs: list[dict], out_dir: Path, prefix:
         for fid in order:
             if fid in got:
                 b = got[fid]
+                if keep is not None and not keep(b):
+                    c["left_out"] += 1
+                    continue
                 texts[part].append(b)
                 c["frames"] += 1
                 c["atoms"] += int(b.split("\n", 1)[0])
                 ct = b.split("config_type=", 1)[1].split()[0]
                 c["by_config_type"][ct] = c["by_config_type"].get(ct, 0) + 1
+    return counts, missing
+
+
+def write_split_files(out_dir: Path, prefix: str, texts: dict) -> dict:
+    """``<prefix>_<split>.extxyz.xz`` for every split, each written atomically; returns bytes."""
     sizes = {}
     for part, blocks in texts.items():
-        path = out_dir / f"{prefix}_{part}.extxyz.xz"
         data = lzma.compress("".join(blocks).encode(), preset=9 | lzma.PRESET_EXTREME)
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(out_dir / f"{prefix}_{part}.extxyz.xz", data)
         sizes[part] = len(data)
+    return sizes
+
+
+def assemble(workdir: Path, s: Settings, trs: list[dict], out_dir: Path, prefix: str = PREFIX) -> dict:
+    split = split_trajectories(trs, s)
+    e0 = json.loads((workdir / "e0s.json").read_text())
+    texts = {"train": [], "valid": [], "test": []}
+    for sym, d in e0.items():
+        texts["train"].append(isolated_atom_block(sym, d["energy_eV"], multiplicity=d["multiplicity"]))
+    counts, missing = gather_labelled(workdir, trs, split, texts)
+    sizes = write_split_files(out_dir, prefix, texts)
     atomic_write_bytes(out_dir / f"{prefix}_e0s.json", json.dumps(
         {"method": s.method, "units": "eV", "source": "tblite single atoms (no spin polarisation term)",
          "E0s": {sym: d["energy_eV"] for sym, d in e0.items()},

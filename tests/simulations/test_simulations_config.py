@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from openmm_mace_lp.simulations import tomlwriter
 from openmm_mace_lp.simulations.config import (SimulationConfig, check_resume_changes, config_from_dict,
                                                load_config, parse_override, resolved)
 from openmm_mace_lp.simulations.run import simulate
@@ -115,11 +114,11 @@ def test_resolved_config_round_trips_through_toml(tiny_model):
     assert again == config
 
 
-def test_toml_writer_quotes_and_nests():
-    text = tomlwriter.dumps({"a": 'say "hi"\n', "b": 1.0, "c": 2, "d": True, "e": None,
-                             "t": {"x": [1, 2], "u": {"k v": "w"}}})
-    assert tomllib.loads(text) == {"a": 'say "hi"\n', "b": 1.0, "c": 2, "d": True,
-                                   "t": {"x": [1, 2], "u": {"k v": "w"}}}
+def test_unset_keys_are_left_out_of_the_toml(tiny_model):
+    config = resolved(tiny_config(tiny_model, "npt"))
+    assert config.system.pdb is None
+    data = tomllib.loads(config.to_toml())
+    assert "pdb" not in data["system"] and data["system"]["water_molecules"] == 8
 
 
 def test_resume_may_only_extend(tiny_model):
