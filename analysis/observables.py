@@ -50,13 +50,9 @@ def max_rdf_range(unitcell_vectors: np.ndarray) -> float:
 
     That is half the smallest perpendicular width of the cell, min_i V / |a_j x a_k| / 2.
     """
-    boxes = np.asarray(unitcell_vectors, dtype=float)
-    volumes = np.abs(np.linalg.det(boxes))
-    widths = []
-    for i in range(3):
-        j, k = (i + 1) % 3, (i + 2) % 3
-        widths.append(volumes / np.linalg.norm(np.cross(boxes[:, j], boxes[:, k]), axis=1))
-    return float(np.min(widths) / 2.0)
+    from openmm_mace_lp.neighbors import face_distances
+
+    return float(np.min(face_distances(unitcell_vectors)) / 2.0)
 
 
 @dataclass

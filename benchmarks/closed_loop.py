@@ -178,12 +178,27 @@ def markdown(summary: dict) -> str:
     rows = ["| T (K) | teacher density (g/cm3, +- SEM) | model density (g/cm3, +- SEM) | difference | target | met |",
             "| --- | --- | --- | --- | --- | --- |"]
     for t in summary["temperatures"]:
-        tr, mo, ch = t["teacher"], t["model"], t["checks"]["density"]
-        rows.append(f"| {t['temperature_K']:g} | {tr['density_g_cm3']:.4f} +- {tr['density_sem']:.4f} | "
-                    f"{mo['density_g_cm3']:.4f} +- {mo['density_sem']:.4f} | {100 * ch['relative_difference']:+.2f} % "
+        tr, mo = t["teacher"], t["model"]
+        teacher = f"{tr['density_g_cm3']:.4f} +- {tr['density_sem']:.4f} ({tr['production_ps']:.0f} ps)"
+        if mo is None:
+            rows.append(f"| {t['temperature_K']:g} | {teacher} | not run yet | | "
+                        f"{100 * DENSITY_TOLERANCE[t['temperature_K']]:.1f} % | |")
+            continue
+        ch = t["checks"]["density"]
+        rows.append(f"| {t['temperature_K']:g} | {teacher} | "
+                    f"{mo['density_g_cm3']:.4f} +- {mo['density_sem']:.4f} ({mo['production_ps']:.0f} ps) | "
+                    f"{100 * ch['relative_difference']:+.2f} % "
                     f"| {100 * ch['tolerance']:.1f} % | {'yes' if ch['met'] else 'no'} |")
     at300 = next((t for t in summary["temperatures"] if t["temperature_K"] == 300.0), None)
-    if at300:
+    if at300 and at300["model"] is None:
+        tr = at300["teacher"]
+        rows += ["", "| 300 K, teacher | value (+- SEM) |", "| --- | --- |"]
+        if "oo_peak_r_nm" in tr:
+            rows.append(f"| O-O first peak r (A) | {10 * tr['oo_peak_r_nm']:.3f} +- {10 * tr['oo_peak_r_sem']:.3f} |")
+            rows.append(f"| O-O first peak g | {tr['oo_peak_g']:.3f} +- {tr['oo_peak_g_sem']:.3f} |")
+        if "diffusion" in tr:
+            rows.append(f"| D_O (1e-9 m2/s) | {tr['diffusion']:.3f} +- {tr['diffusion_sem']:.3f} |")
+    elif at300:
         rows += ["", "| 300 K | teacher | model | difference | target | met |", "| --- | --- | --- | --- | --- | --- |"]
         tr, mo, ch = at300["teacher"], at300["model"], at300["checks"]
         if "oo_peak_position" in ch:
@@ -211,6 +226,8 @@ def plot_density(summary: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(temps), figsize=(4.2 * len(temps), 3.4), squeeze=False)
     for ax, t in zip(axes[0], temps):
         for who, colour in (("teacher", "black"), ("model", "tab:blue")):
+            if t[who] is None:
+                continue
             series = t[who]["density_series"]
             ax.plot(series["time_ps"], series["density_g_cm3"], color=colour, lw=0.8,
                     label=f"{who} {t[who]['density_g_cm3']:.4f} +- {t[who]['density_sem']:.4f} (SEM)")
@@ -226,22 +243,46 @@ def plot_density(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def summarize(out: Path, card: str, result: Path) -> dict:
-    """Analyse every pair of runs and write JSON, Markdown and the density plot."""
+def _has_production(run_dir: Path) -> bool:
+    """A run with production rows in its state.csv (a model run paused before production has none)."""
+    state = run_dir / "state.csv"
+    return state.exists() and len(state.read_text().splitlines()) > 2
+
+
+def _stored_teacher(path: Path | None) -> dict[float, dict]:
+    """The teacher's analysed runs from an earlier result file (so the model's runs can be
+    compared with them without the teacher's run directories)."""
+    if path is None:
+        return {}
+    data = json.loads(path.read_text())
+    return {float(t["temperature_K"]): t["teacher"] for t in data["temperatures"] if t.get("teacher")}
+
+
+def summarize(out: Path, card: str, result: Path, teacher_results: Path | None = None) -> dict:
+    """Analyse every run and write JSON, Markdown and the density plot. Temperatures whose
+    model runs have not reached production are reported with the teacher alone."""
     from openmm_mace_lp.analysis.atomic import write_json, write_text
 
+    stored = _stored_teacher(teacher_results)
     temps = []
     for temperature in sorted(PRODUCTION_PS):
-        dirs = {who: out / Point(who, temperature).name for who in WHO}
-        if not all((d / "state.csv").exists() for d in dirs.values()):
+        entry: dict = {"temperature_K": temperature, "teacher": stored.get(temperature), "model": None, "checks": {}}
+        for who in WHO:
+            run_dir = out / Point(who, temperature).name
+            if entry[who] is None and _has_production(run_dir):
+                entry[who] = analyse_point(run_dir)
+        if entry["teacher"] is None:
             continue
-        pair = {who: analyse_point(d) for who, d in dirs.items()}
-        temps.append({"temperature_K": temperature, **pair,
-                      "checks": compare(pair["teacher"], pair["model"], temperature)})
+        if entry["model"] is not None:
+            entry["checks"] = compare(entry["teacher"], entry["model"], temperature)
+        temps.append(entry)
     if not temps:
-        raise SystemExit(f"no teacher/model pair of runs under {out}")
+        raise SystemExit(f"no teacher run with production rows under {out}")
     at300 = next((t for t in temps if t["temperature_K"] == 300.0), temps[0])
-    manifest = json.loads((out / Point("model", at300["temperature_K"]).name / "manifest.json").read_text())
+    model_at300 = at300["model"] or {}
+    model_dir = out / Point("model", at300["temperature_K"]).name
+    manifest = json.loads((model_dir / "manifest.json").read_text()) if (model_dir / "manifest.json").exists() else {}
+    productions = [at300["teacher"]["production_ps"]] + ([model_at300["production_ps"]] if model_at300 else [])
     summary = {
         "card": card,
         "atoms": 1029,
@@ -249,14 +290,16 @@ def summarize(out: Path, card: str, result: Path) -> dict:
         "pressure_bar": 1.01325,
         "teacher_density_g_cm3": at300["teacher"]["density_g_cm3"],
         "teacher_density_sem": at300["teacher"]["density_sem"],
-        "model_density_g_cm3": at300["model"]["density_g_cm3"],
-        "model_density_sem": at300["model"]["density_sem"],
-        "production_ps": min(at300["teacher"]["production_ps"], at300["model"]["production_ps"]),
+        "model_density_g_cm3": model_at300.get("density_g_cm3"),
+        "model_density_sem": model_at300.get("density_sem"),
+        "production_ps": min(productions),
         "model": manifest.get("model"),
         "teacher": "AMOEBA water (amoeba2018.xml), PME 0.8 nm, extrapolated polarisation",
         "timestep_fs": TIMESTEP_FS,
         "temperatures": temps,
-        "all_targets_met": all(c["met"] for t in temps for c in t["checks"].values()),
+        "model_runs_complete": all(t["model"] is not None for t in temps) and len(temps) == len(PRODUCTION_PS),
+        "all_targets_met": bool(temps) and all(t["checks"] and all(c["met"] for c in t["checks"].values())
+                                               for t in temps),
         "sem_note": "SEM from the statistical inefficiency of each run's series after the detected "
                     "equilibration; RDF peak SEM from frame blocks; D from the MSD fit",
     }
@@ -283,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     summ.add_argument("out", type=Path)
     summ.add_argument("--card", required=True, help='the GPU the runs used, e.g. "NVIDIA H200"')
     summ.add_argument("-o", "--result", type=Path, required=True)
+    summ.add_argument("--teacher-results", type=Path, default=None,
+                      help="a closed_loop_*.json whose teacher runs to use instead of <dir>/teacher_*")
     args = parser.parse_args(argv)
     if args.command == "run":
         temperatures = [float(t) for t in args.temperatures.split(",")]
@@ -292,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         points = [Point(who, t) for who in args.who.split(",") for t in temperatures]
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
         return 1 if run_points(args.out, points, args.model, args.platform, args.max_minutes) else 0
-    summarize(args.out, args.card, args.result)
+    summarize(args.out, args.card, args.result, args.teacher_results)
     return 0
 
 

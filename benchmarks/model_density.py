@@ -27,6 +27,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.constants import Avogadro as AVOGADRO  # the project's one N_A (CODATA)
+
+from openmm_mace_lp.model_files import load_mace_model
 
 GPA_PER_EV_A3 = 160.21766208
 DENSITY_BINS = ((0.80, 0.95), (0.95, 1.05), (1.05, 1.30))
@@ -41,7 +44,7 @@ def pressure_table(model_path: Path, frames_path: Path, max_frames: int) -> list
     from openmm_mace_lp.systems.extxyz import read_frames
 
     periodic = [a for a in read_frames(frames_path) if a.pbc.all() and "REF_stress" in a.info][:max_frames]
-    calculator = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
+    calculator = MACECalculator(models=[load_mace_model(model_path)], device="cpu", default_dtype="float64")
     samples = []
     for atoms in periodic:
         reference = np.asarray(atoms.info["REF_stress"], dtype=float).reshape(-1)
@@ -66,7 +69,6 @@ def energy_scan(model_path: Path) -> list:
     import torch
 
     from openmm_mace_lp.export import build_force_module
-    from openmm_mace_lp.model_files import load_mace_model
     from openmm_mace_lp.systems.builders import load_water_box
 
     structure = load_water_box(1029)
@@ -80,7 +82,7 @@ def energy_scan(model_path: Path) -> list:
         positions = (oxygens * scale + (molecules - oxygens)).reshape(-1, 3)
         box = structure.box * scale
         energy, _ = module(torch.tensor(positions), torch.tensor(box))
-        density = mass_dalton / abs(np.linalg.det(box)) / 602.214076
+        density = mass_dalton / abs(np.linalg.det(box)) / (AVOGADRO * 1e-21)
         rows.append({"scale": scale, "density_g_cm3": float(density), "energy_kJ_mol": float(energy)})
     return rows
 
@@ -90,7 +92,7 @@ def mean_errors_by_type(model_path: Path, frames_path: Path) -> list:
 
     from openmm_mace_lp.systems.extxyz import read_frames
 
-    calculator = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
+    calculator = MACECalculator(models=[load_mace_model(model_path)], device="cpu", default_dtype="float64")
     errors: dict[str, list] = {}
     pressure_errors: dict[str, list] = {}
     for atoms in read_frames(frames_path):
@@ -131,7 +133,7 @@ def rigid_expansion_scan(model_path: Path, frames_path: Path) -> list:
     from openmm_mace_lp.systems.extxyz import read_frames
 
     box = next(a for a in read_frames(frames_path) if a.info.get("config_type") == "md_periodic" and len(a) == 192)
-    calculator = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
+    calculator = MACECalculator(models=[load_mace_model(model_path)], device="cpu", default_dtype="float64")
     density0 = box.get_masses().sum() / box.get_volume() * 1.66053906660
     molecules = box.get_positions().reshape(-1, 3, 3)
     rows = []
@@ -162,7 +164,7 @@ def _dimer(distance: float, contact: str):
 def close_contact_scan(model_path: Path) -> list:
     from mace.calculators import MACECalculator
 
-    calculator = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
+    calculator = MACECalculator(models=[load_mace_model(model_path)], device="cpu", default_dtype="float64")
     rows = []
     for contact, distances in CONTACT_DISTANCES.items():
         reference = None
@@ -199,7 +201,7 @@ def short_npt(model_path: Path, steps: int, report_every: int) -> list:
         integrator.step(report_every)
         state = context.getState(getEnergy=True)
         volume = state.getPeriodicBoxVolume().value_in_unit(unit.nanometer ** 3)
-        rows.append({"step": done, "density_g_cm3": mass / volume / 602.214076,
+        rows.append({"step": done, "density_g_cm3": mass / volume / (AVOGADRO * 1e-21),
                      "potential_kJ_mol": state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)})
     return rows
 

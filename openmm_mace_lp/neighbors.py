@@ -296,9 +296,15 @@ class NeighborCapacity:
 
 
 def face_distances(box: np.ndarray) -> np.ndarray:
-    """Distance between opposite faces of the cell spanned by the rows of ``box``."""
-    volume = abs(float(np.linalg.det(box)))
-    return np.array([volume / np.linalg.norm(np.cross(box[(k + 1) % 3], box[(k + 2) % 3])) for k in range(3)])
+    """Distance between opposite faces of the cell spanned by the rows of ``box`` (shape
+    (3, 3), or (n, 3, 3) for n boxes -> (n, 3)): V / |b x c| for each face. Half the smallest
+    is the largest cutoff that sees at most one image of each atom. The project's one copy of
+    this geometry (neighbour list, RDF range, the teacher's cutoff check)."""
+    box = np.asarray(box, dtype=np.float64)
+    volume = np.abs(np.linalg.det(box))
+    widths = [volume / np.linalg.norm(np.cross(box[..., (k + 1) % 3, :], box[..., (k + 2) % 3, :]), axis=-1)
+              for k in range(3)]
+    return np.stack(widths, axis=-1)
 
 
 def plan_capacity(num_atoms: int, cutoff: float, box: Optional[np.ndarray] = None,

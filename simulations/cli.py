@@ -238,7 +238,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = simulate(config, output, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite,
                       deadline=_deadline(args))
     _print_summary(result.run_dir, quiet=False)
+    if result.status == "completed":
+        _write_main_report(result.run_dir)
+    if device == "cpu":
+        from .presets import CPU_NOTE
+
+        print(CPU_NOTE)
     return 0
+
+
+def _write_main_report(run_dir: Path) -> None:
+    """The single-run report of the main job (plots and what the data supports)."""
+    from openmm_mace_lp.analysis.report import write_run_report
+
+    paths = write_run_report(run_dir)
+    print(f"report: {paths['markdown']} (and report.html, figures/); "
+          f"`mace-lp analyze {run_dir}` prints the analysis again.")
 
 
 def main_run_directory(resume: bool, overwrite: bool, base: Path | None = None) -> Path:

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import SimulationConfig
+from .config import ModelConfig, SimulationConfig
 from openmm_mace_lp.atomic import atomic_write_json, sync_handle
 
 SCHEMA = "openmm-mace-lp/run/1"
@@ -48,11 +48,19 @@ def versions() -> dict[str, str]:
     return found
 
 
-def model_record(model_path: str) -> dict[str, str]:
+def model_record(model: ModelConfig) -> dict[str, str]:
+    """What the run's energies come from: the MACE file (path, SHA-256, name), or for
+    ``kind = "amoeba"`` the teacher's force-field file."""
     from openmm_mace_lp.model_files import default_model_path, sha256_of
 
-    path = default_model_path() if model_path == "default" else Path(model_path)
-    return {"path": str(path), "sha256": sha256_of(path), "name": "default" if model_path == "default" else path.name}
+    if model.kind == "amoeba":
+        from openmm.app import forcefield
+
+        path = Path(forcefield.__file__).parent / "data" / "amoeba2018.xml"
+        return {"kind": "amoeba", "path": str(path), "sha256": sha256_of(path), "name": "amoeba2018.xml"}
+    path = default_model_path() if model.path == "default" else Path(model.path)
+    return {"path": str(path), "sha256": sha256_of(path),
+            "name": "default" if model.path == "default" else path.name}
 
 
 def now() -> str:
@@ -89,7 +97,7 @@ def new_manifest(config: SimulationConfig, *, arm: str, backend: str, n_atoms: i
         "device": device,
         "platform": config.platform.name,
         "platform_properties": dict(config.platform.properties),
-        "model": model_record(config.model.path),
+        "model": model_record(config.model),
         "versions": versions(),
         "host": socket.gethostname(),
         "os": host_platform.platform(),

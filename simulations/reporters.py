@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
+from scipy.constants import Avogadro as AVOGADRO  # the project's one N_A (CODATA)
+
 from openmm_mace_lp.atomic import sync_handle
 
 STATE_COLUMNS = (
     "step", "time_ps", "potential_energy_kJ_mol", "kinetic_energy_kJ_mol", "total_energy_kJ_mol",
     "temperature_K", "box_volume_nm3", "density_g_cm3", "speed_ns_day",
 )
-AVOGADRO = 6.02214076e23
 MOLAR_GAS_CONSTANT = 8.314462618e-3  # kJ/(mol K)
 
 

@@ -776,7 +776,7 @@ def _check_same_model(config: SimulationConfig, manifest: Mapping[str, Any]) -> 
     from .manifest import model_record
 
     expected = (manifest.get("model") or {}).get("sha256")
-    found = model_record(config.model.path)["sha256"]
+    found = model_record(config.model)["sha256"]
     if expected and found != expected:
         raise ValueError(f"model.path = {config.model.path!r} has SHA-256 {found[:12]}..., but the run "
                          f"started with {expected[:12]}... ({manifest['model'].get('path')}); resume "

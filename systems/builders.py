@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
+from scipy.constants import Avogadro as AVOGADRO  # the project's one N_A (CODATA)
 
-AVOGADRO = 6.02214076e23
 STRUCTURES_DIR = Path(__file__).resolve().parent / "structures"
 
 # Water geometry used for packing (flexible TIP3P equilibrium: r(OH) 0.9572 A, 104.52 deg).

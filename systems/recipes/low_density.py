@@ -31,6 +31,7 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
+from scipy.constants import Avogadro as AVOGADRO  # the project's one N_A (CODATA)
 
 from openmm_mace_lp.atomic import atomic_write_bytes
 from openmm_mace_lp.systems.recipes.water_data import (
@@ -105,7 +106,7 @@ def expanded(positions: np.ndarray, box: float, density: float) -> tuple[np.ndar
     """Rigid molecules, oxygens scaled with a cubic box to the target density."""
     molecules = _whole_molecules(positions, box)
     n_molecules = len(molecules)
-    new_box = (n_molecules * 18.01528 / 6.02214076e23 / density) ** (1 / 3) * 1e8
+    new_box = (n_molecules * 18.01528 / AVOGADRO / density) ** (1 / 3) * 1e8
     scale = new_box / box
     molecules += (molecules[:, :1] * (scale - 1.0))
     return molecules.reshape(-1, 3), new_box

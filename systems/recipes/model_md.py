@@ -83,9 +83,11 @@ def _init_worker(model_path: str, device: str) -> None:
     import torch
     from mace.calculators import MACECalculator
 
+    from openmm_mace_lp.model_files import load_mace_model
+
     if device == "cpu":
         torch.set_num_threads(1)  # one process per core: ~1.6x the steps/s of one process on two threads
-    _CALCULATOR = MACECalculator(model_paths=model_path, device=device, default_dtype="float32")
+    _CALCULATOR = MACECalculator(models=[load_mace_model(model_path)], device=device, default_dtype="float32")
 
 
 def run_npt(block: str, calculator, steps: tuple[int, ...], seed: int) -> list[tuple[int, np.ndarray, float]]:

@@ -24,6 +24,8 @@ from typing import Protocol
 
 import numpy as np
 
+from openmm_mace_lp.neighbors import face_distances
+
 KJ_PER_MOL_PER_EV = 96.48533212331002  # CODATA 2018: e * N_A / 1000
 VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # xx yy zz yz xz xy
 DEFAULT_TEACHER = "amoeba"
@@ -46,15 +48,6 @@ class Teacher(Protocol):
 
 
 # ----------------------------------------------------------------------------- strain and stress
-
-
-def perpendicular_widths(box: np.ndarray) -> np.ndarray:
-    """Distances between opposite faces of the cell whose rows are ``box`` (same units).
-
-    A cutoff below half the smallest of them sees at most one image of each atom."""
-    box = np.asarray(box, float)
-    volume = abs(np.linalg.det(box))
-    return np.array([volume / np.linalg.norm(np.cross(box[(i + 1) % 3], box[(i + 2) % 3])) for i in range(3)])
 
 
 def _energy_ev(context) -> float:
@@ -109,7 +102,7 @@ def lennard_jones_stress_check(seed: int = 20261201, h: float = 1e-4) -> dict:
     rng = np.random.default_rng(seed)
     fractional = (np.stack(np.meshgrid(*[np.arange(4)] * 3, indexing="ij"), -1).reshape(-1, 3) + 0.5) / 4
     positions = fractional @ box + rng.normal(scale=0.02, size=fractional.shape)
-    if r_cut >= 0.5 * perpendicular_widths(box).min():
+    if r_cut >= 0.5 * face_distances(box).min():
         raise AssertionError("the check's own box is too small for its cutoff")
     system = mm.System()
     system.setDefaultPeriodicBoxVectors(*(mm.Vec3(*row) for row in box))
@@ -236,7 +229,7 @@ class AmoebaTeacher:
 
     def check_cutoff(self, box_nm: np.ndarray, what: str = "frame") -> None:
         """Refuses a box in which the cutoff would see two images of one atom."""
-        widths = perpendicular_widths(box_nm)
+        widths = face_distances(box_nm)
         if self.cutoff_nm >= 0.5 * widths.min():
             raise ValueError(
                 f"{what}: the PME/vdW cutoff {self.cutoff_nm:.4g} nm is not below half the smallest perpendicular "

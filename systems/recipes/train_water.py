@@ -314,7 +314,11 @@ def evaluate(model_path: Path, test_file: Path, device: str = "cpu", max_frames:
 
     from openmm_mace_lp.systems.extxyz import read_frames
 
-    calc = MACECalculator(model_paths=str(model_path), device=device, default_dtype="float64")
+    from openmm_mace_lp.model_files import load_mace_model
+
+    # The file this recipe just wrote: checked against its own digest, not an older card's.
+    model = load_mace_model(model_path, sha256=sha256_of(model_path))
+    calc = MACECalculator(models=[model], device=device, default_dtype="float64")
     frames = [(i, a) for i, a in enumerate(read_frames(test_file)) if a.info.get("config_type") != "IsolatedAtom"]
     if max_frames is not None:
         frames = frames[:max_frames]
@@ -412,12 +416,32 @@ def model_card(target: Target, hp: dict, errors: dict, manifest: dict | None, co
     lines += ["", "| config_type | frames | E RMSE meV/atom | F RMSE meV/A |", "| --- | --- | --- | --- |"]
     for k, v in errors["by_config_type"].items():
         lines.append(f"| {k} | {v['frames']} | {v['energy_rmse_meV_per_atom']:.2f} | {v['force_rmse_meV_per_A']:.1f} |")
+    lines += ["", "## Status", *_status_lines(target, hp, errors, train_seconds, closed_loop)]
     if closed_loop:
         lines += ["", "## Closed loop: the model's NPT against the teacher's own NPT", "",
                   closed_loop.get("markdown_table", ""),
                   "", f"Source: `benchmarks/results/{closed_loop.get('file', '')}` ({closed_loop.get('card', '')})."]
     lines += ["", "## Known limits", *limit_lines, ""]
     return "\n".join(lines)
+
+
+def _status_lines(target: Target, hp: dict, errors: dict, train_seconds: float,
+                  closed_loop: dict | None) -> list[str]:
+    """What this model has and has not been shown to do, first thing a reader sees after the errors."""
+    o = errors["overall"]
+    force_target, energy_target = ERROR_TARGETS[target.teacher]
+    lines = []
+    if o["force_rmse_meV_per_A"] > force_target or o["energy_rmse_meV_per_atom"] > energy_target:
+        lines.append(f"- **The test errors miss the targets** (forces {o['force_rmse_meV_per_A']:.1f} meV/A against "
+                     f"<= {force_target:g}, energies {o['energy_rmse_meV_per_atom']:.2f} meV/atom against "
+                     f"<= {energy_target:g}). This model was trained for {hp['max_num_epochs']} epochs "
+                     f"({train_seconds / 60:.1f} min); more epochs (`--epochs`) are the next step.")
+    else:
+        lines.append("- The test errors meet the targets.")
+    if not closed_loop or not closed_loop.get("model_runs_complete"):
+        lines.append("- **Not yet checked in NPT against its teacher**: the closed loop below holds the teacher's "
+                     "own runs; the model's runs (`benchmarks/closed_loop.py run --who model`) have not been made.")
+    return lines
 
 
 # Force (meV/A) and energy (meV/atom) RMSE targets per teacher.
@@ -464,7 +488,8 @@ def _closed_loop_summary(path: Path | None) -> dict | None:
     if path is None:
         return None
     data = json.loads(path.read_text())
-    return dict(markdown_table=data.get("markdown_table", ""), file=path.name, card=data.get("card", ""))
+    return dict(markdown_table=data.get("markdown_table", ""), file=path.name, card=data.get("card", ""),
+                model_runs_complete=bool(data.get("model_runs_complete")))
 
 
 def main(argv=None) -> int:

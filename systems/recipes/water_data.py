@@ -62,6 +62,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.constants import Avogadro as AVOGADRO  # the project's one N_A (CODATA)
 
 from openmm_mace_lp.atomic import atomic_write_bytes
 
@@ -285,7 +286,7 @@ def _strain_rigid(pos, L, factors, rng, rattle_rms):
 
 
 def _water_density(n_mol, cell_lengths):
-    return n_mol * 18.01528 / 6.02214076e23 / (np.prod(cell_lengths) * 1e-24)
+    return n_mol * 18.01528 / AVOGADRO / (np.prod(cell_lengths) * 1e-24)
 
 
 def generate_trajectory(tr: dict, s: Settings, workdir: Path) -> Path:

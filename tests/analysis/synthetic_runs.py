@@ -12,9 +12,9 @@ from pathlib import Path
 
 import mdtraj as md
 import numpy as np
+from scipy.constants import Avogadro as AVOGADRO  # the project's one N_A (CODATA)
 from scipy.signal import lfilter
 
-AVOGADRO = 6.02214076e23
 WATER_MASS = 18.01528  # g/mol
 O_H = 0.09572  # nm
 HOH = np.deg2rad(104.52)

@@ -13,10 +13,16 @@ from openmm_mace_lp.evaluate import evaluate_frames
 from openmm_mace_lp.export import ANGSTROM_PER_NM, EV_TO_KJ_PER_MOL
 from openmm_mace_lp.model_files import default_model_path, load_mace_model
 from openmm_mace_lp.systems.extxyz import read_frames
+from openmm_mace_lp.systems.recipes.train_water import DEFAULT_TARGET
 
 MODELS = Path(default_model_path()).parent
-CARD = (MODELS / "mace-water-gfn2.md").read_text()
-ERRORS = json.loads((MODELS / "mace-water-gfn2.test_errors.json").read_text())
+CARD = (MODELS / f"{DEFAULT_TARGET.model_name}.md").read_text()
+ERRORS = json.loads((MODELS / f"{DEFAULT_TARGET.model_name}.test_errors.json").read_text())
+
+
+def test_the_default_model_is_the_amoeba_model():
+    assert default_model_path().name == f"{DEFAULT_TARGET.model_name}.model" == "mace-water-amoeba.model"
+    assert "reproduces a classical polarisable force field, not electronic structure" in CARD
 
 
 def test_checksum_matches_the_card():
@@ -41,8 +47,8 @@ def test_card_states_the_measured_test_errors():
 
 @pytest.mark.parametrize("entry", ERRORS["subset_check"]["frames"], ids=lambda e: f"frame{e['index']}")
 def test_exported_module_reproduces_stored_test_errors(entry):
-    """Through the TorchScript module OpenMM runs (float64), against the GFN2-xTB labels."""
-    atoms = read_frames(Path(__file__).parents[2] / "systems/data/water_gfn2_test.extxyz.xz")[entry["index"]]
+    """Through the TorchScript module OpenMM runs (float64), against the teacher's labels."""
+    atoms = read_frames(Path(__file__).parents[2] / f"systems/data/{DEFAULT_TARGET.prefix}_test.extxyz.xz")[entry["index"]]
     periodic = bool(atoms.pbc.any())
     positions = atoms.get_positions()[None] / ANGSTROM_PER_NM
     boxes = np.asarray(atoms.cell)[None] / ANGSTROM_PER_NM if periodic else None

@@ -3,6 +3,8 @@ OpenMM evaluated directly, and the refusals."""
 
 import ase.units
 import numpy as np
+
+from openmm_mace_lp.neighbors import face_distances
 import pytest
 from ase import Atoms
 
@@ -83,10 +85,10 @@ def test_recipe_lennard_jones_check_agrees():
     assert res["max_abs_difference_eV_A3"] < 1e-9 and res["max_abs_stress_eV_A3"] > 1e-5
 
 
-def test_perpendicular_widths_of_a_sheared_cell():
+def test_face_distances_of_a_sheared_cell():
     box = np.array([[2.0, 0.0, 0.0], [1.0, 1.5, 0.0], [0.0, 0.0, 3.0]])
     # face b-c: the distance between the planes through b and c is a's component along y x z normal
-    assert np.allclose(T.perpendicular_widths(box), [2.0 * 1.5 / np.hypot(1.0, 1.5), 1.5, 3.0])
+    assert np.allclose(face_distances(box), [2.0 * 1.5 / np.hypot(1.0, 1.5), 1.5, 3.0])
 
 
 # ----------------------------------------------------------------------------- AMOEBA

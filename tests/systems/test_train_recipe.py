@@ -1,4 +1,4 @@
-"""The training recipe: the mace command is valid, offline and has the issue-3 architecture."""
+"""The training recipe: the mace command is valid, offline and has each teacher's architecture."""
 
 from pathlib import Path
 
@@ -7,22 +7,32 @@ import pytest
 from openmm_mace_lp.systems.recipes import train_water as T
 
 
-def _parsed(tmp_path, hp=None):
-    import mace  # noqa: F401  (before e3nn)
+def _parsed(tmp_path, target=T.DEFAULT_TARGET):
+    from openmm_mace_lp.upstream import import_mace
+
+    import_mace()  # before e3nn
     from mace.tools import build_default_arg_parser
 
-    args = T.mace_arguments(T.DATA_DIR, tmp_path, "cpu", hp or T.HYPERPARAMETERS)
+    args = T.mace_arguments(T.DATA_DIR, tmp_path, "cpu", target.hyperparameters, target)
     return build_default_arg_parser().parse_args(args)
+
+
+def test_the_gfn2_target_keeps_its_architecture(tmp_path):
+    a = _parsed(tmp_path, T.TARGETS["gfn2-xtb"])
+    assert a.name == "mace-water-gfn2" and a.hidden_irreps == "64x0e+64x1o"
+    assert a.max_ell == 3 and a.E0s == "isolated"
+    assert Path(a.train_file).name == "water_gfn2_train.extxyz"
 
 
 def test_mace_accepts_the_command_and_architecture(tmp_path):
     a = _parsed(tmp_path)
+    assert a.name == "mace-water-amoeba"
     assert a.num_interactions == 2
-    assert a.hidden_irreps == "64x0e+64x1o"
-    assert a.max_ell == 3 and a.correlation == 3
+    assert a.hidden_irreps == "32x0e+32x1o"
+    assert a.max_ell == 2 and a.correlation == 3
     assert a.r_max == 5.0 and a.num_radial_basis == 8
     assert a.radial_MLP == "[64,64,64]"
-    assert a.E0s == "isolated" and a.loss == "stress" and a.compute_stress
+    assert a.E0s == "{1:0.0,8:0.0}" and a.loss == "stress" and a.compute_stress
     assert a.ema and a.swa and a.start_swa < a.max_num_epochs
     assert a.energy_key == "REF_energy" and a.forces_key == "REF_forces" and a.stress_key == "REF_stress"
     assert a.seed == T.SEED and a.default_dtype == "float64"
