@@ -54,6 +54,14 @@ def _export(args: argparse.Namespace) -> int:
     check_cuda(args.device)
     if args.margin is not None and not args.fixed_capacity:
         raise ValueError("--margin sizes the fixed-capacity neighbour list; add --fixed-capacity.")
+    from .potential import check_margin
+
+    check_margin(args.margin)
+    output = Path(args.output)
+    if output.is_dir():
+        raise ValueError(f"-o {output} is a directory; give the path of the .pt file to write.")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise ValueError(f"-o {output}: {output.parent} is a file, not a directory.")
     capacity = None
     if args.fixed_capacity:
         capacity = neighbor_capacity(model, topology, None, None, structure.positions, args.margin)

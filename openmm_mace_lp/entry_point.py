@@ -58,6 +58,7 @@ class MACELPPotentialImplFactory:
 
     def createImpl(self, name: str, modelPath: Optional[str] = None, policy: str = DEFAULT_POLICY,
                    backend: str = "auto", **args):
-        from .potential import MACELPPotentialImpl
+        from .potential import MACELPPotentialImpl, refuse_unknown_keywords
 
+        refuse_unknown_keywords(args, ("modelPath", "policy", "backend"), f"MLPotential({name!r})")
         return MACELPPotentialImpl(name, modelPath, policy, backend)

@@ -15,6 +15,7 @@ placeholder, and builds its own TorchForce beside the CustomCVForce, scaled by t
 from __future__ import annotations
 
 import logging
+import math
 import os
 import uuid
 from typing import Iterable, List, Optional, Tuple
@@ -183,6 +184,9 @@ class MACELPPotentialImpl(MLPotentialImpl):
         from .export import export_to_file
         from .model_files import resolve_model_path
 
+        refuse_unknown_keywords(args, CREATE_SYSTEM_KEYWORDS, "createSystem/createMixedSystem")
+        check_platform_name(platform)
+        check_margin(neighborMargin)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         check_cuda(device)
         # A module on the CPU runs on OpenMM's CPU or Reference platform, whatever is named.
@@ -190,8 +194,10 @@ class MACELPPotentialImpl(MLPotentialImpl):
         all_atoms = list(topology.atoms())
         if any(atom.element is None for atom in all_atoms):
             raise ValueError("Every atom needs an element for MACE; the topology has atoms without one.")
-        indices = None if atoms is None else sorted(int(i) for i in atoms)
+        indices = None if atoms is None else checked_atom_indices(atoms, len(all_atoms))
         selected = all_atoms if indices is None else [all_atoms[i] for i in indices]
+        if not selected:
+            raise ValueError("The topology has no atoms; MACE needs at least one (check the PDB/topology).")
         atomic_numbers = [atom.element.atomic_number for atom in selected]
         periodic = topology.getPeriodicBoxVectors() is not None or system.usesPeriodicBoundaryConditions()
         model_path = resolve_model_path(self.name, self.modelPath)
@@ -246,6 +252,7 @@ class MACELPPotentialImpl(MLPotentialImpl):
         """
         from openmmml.mlpotential import MLPotential
 
+        checked_atom_indices(atoms, topology.getNumAtoms())  # before openmm-ml's embedding asserts on them
         method = MLPotential._embeddingFactories[embedding].createEmbedding(embedding)
         if not interpolate:
             return method.createMixedSystem(self, topology, system, atoms, forceGroup, False,
@@ -337,3 +344,48 @@ def _nm(value):
     if unit.is_quantity(value):
         return value.value_in_unit(unit.nanometer)
     return [(_nm(v) if unit.is_quantity(v) else v) for v in value]
+
+
+# Keywords of createSystem/createMixedSystem that reach this plug-in (openmm-ml takes its own).
+CREATE_SYSTEM_KEYWORDS = ("device", "returnEnergyType", "platform", "cudaGraphs", "positions", "neighborMargin",
+                          "fixedNeighborList")
+
+
+def refuse_unknown_keywords(args: dict, known: Iterable[str], where: str) -> None:
+    """A misspelt keyword would otherwise be swallowed by openmm-ml's **args and ignored."""
+    import difflib
+
+    for key in args:
+        close = difflib.get_close_matches(key, list(known), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise TypeError(f"{where}: unknown keyword {key!r} for the mace-lp potentials.{hint} "
+                        f"Known: {', '.join(known)}.")
+
+
+def check_platform_name(platform: Optional[str]) -> None:
+    """The platform hint must name an OpenMM platform (it decides which torch crash to check for)."""
+    if platform is None:
+        return
+    names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+    if platform not in names:
+        raise ValueError(f"platform={platform!r} is not an OpenMM platform here; use one of {', '.join(names)}.")
+
+
+def check_margin(margin: Optional[float]) -> None:
+    if margin is not None and not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"neighborMargin={margin!r}: the spare edge capacity must be a finite fraction >= 0 "
+                         "(e.g. 0.1 for 10 %).")
+
+
+def checked_atom_indices(atoms: Iterable[int], n_atoms: int) -> List[int]:
+    """The ML atoms, sorted: each one once, every index inside the topology, at least one."""
+    indices = [int(i) for i in atoms]
+    if not indices:
+        raise ValueError("atoms=[] selects no atom for the ML potential; pass the indices of the ML region.")
+    bad = sorted({i for i in indices if not 0 <= i < n_atoms})
+    if bad:
+        raise ValueError(f"atoms: indices {bad[:5]} are outside the topology's {n_atoms} atoms (0..{n_atoms - 1}).")
+    if len(set(indices)) != len(indices):
+        repeated = sorted({i for i in indices if indices.count(i) > 1})
+        raise ValueError(f"atoms: indices {repeated[:5]} are listed more than once; list each ML atom once.")
+    return sorted(indices)

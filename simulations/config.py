@@ -193,7 +193,7 @@ def load_config(path: os.PathLike | None = None, overrides: Iterable[str] = (),
     source = "--set"
     if path is not None:
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"config file {path} does not exist; pass an existing TOML "
                                     "file or leave it out to use the defaults.")
         data = _read_toml(path)
@@ -241,6 +241,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """A copy of ``data`` with each ``KEY=VALUE`` override set (paths relative to the cwd)."""
+    if isinstance(overrides, str):
+        raise TypeError(f"overrides must be a list of 'KEY=VALUE' strings, not one string: "
+                        f"pass [{overrides!r}].")
     result = copy.deepcopy(dict(data))
     for text in overrides:
         keys, value = parse_override(text)
@@ -334,6 +337,7 @@ def _type_name(kind: Any) -> str:
 def validate(config: SimulationConfig) -> None:
     """Check every value that can be checked without loading the model; raise ValueError or
     FileNotFoundError naming the key and the fix."""
+    _check_types(config)
     _check_choice("ensemble", config.ensemble, ENSEMBLES)
     _validate_model(config.model)
     _validate_system(config.system)
@@ -349,6 +353,18 @@ def validate(config: SimulationConfig) -> None:
     device = config.platform.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ValueError(f"platform.device = {device!r}: use auto, cpu, cuda or cuda:N.")
+
+
+def _check_types(config: SimulationConfig) -> None:
+    """Every value has its declared type, also when it was set on the object (not read from TOML)."""
+    _typed("ensemble", config.ensemble, str)
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        hints = typing.get_type_hints(type(value))
+        for field_ in dataclasses.fields(value):
+            _typed(f"{section.name}.{field_.name}", getattr(value, field_.name), hints[field_.name])
 
 
 def _check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
@@ -389,6 +405,9 @@ def _validate_model(model: ModelConfig) -> None:
             raise FileNotFoundError(f"model.path = 'default': {error} Set model.path to a MACE "
                                     ".model file (--set model.path=my.model; `mace-lp run` takes "
                                     "--model my.model).") from None
+    elif Path(model.path).is_dir():
+        raise ValueError(f"model.path = {model.path!r} is a directory; give the path of a MACE .model "
+                         "file inside it, or 'default' for the embedded water model.")
     elif not Path(model.path).is_file():
         raise FileNotFoundError(f"model.path = {model.path!r}: no such file; give the path of "
                                 "a MACE .model file, or 'default' for the embedded water model.")
@@ -537,8 +556,13 @@ def check_resume_changes(stored: SimulationConfig, requested: SimulationConfig) 
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ValueError(f"config file {path} is a directory; pass a TOML file (see simulations/examples/).")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a TOML config (not UTF-8 text); pass a TOML file "
+                         "(see simulations/examples/).") from None
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path} is not valid TOML: {error}.") from None
 

@@ -124,6 +124,21 @@ def eager_reference_with_interaction(model_path: Path, system: TestSystem, dtype
     return energy_ev * EV_TO_KJ_PER_MOL, forces, (energy_ev - e0_sum) * EV_TO_KJ_PER_MOL
 
 
+def torchforce_system(path: Path, system: TestSystem) -> openmm.System:
+    """A periodic System holding only an exported file in plain openmm-torch (no plug-in)."""
+    from openmm_mace_lp.potential import import_openmmtorch
+
+    omm = openmm.System()
+    for atom in system.topology.atoms():
+        omm.addParticle(atom.element.mass)
+    omm.setDefaultPeriodicBoxVectors(*system.box)
+    force = import_openmmtorch().TorchForce(str(path))
+    force.setOutputsForces(True)
+    force.setUsesPeriodicBoundaryConditions(True)
+    omm.addForce(force)
+    return omm
+
+
 def openmm_state(system_obj: openmm.System, system: TestSystem, platform: str = "Reference"):
     """Energy and forces of an OpenMM System at the test positions."""
     integrator = openmm.VerletIntegrator(0.0005)

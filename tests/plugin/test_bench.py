@@ -49,22 +49,14 @@ def test_a_trajectory_that_leaves_the_capacities_fails_its_row(tmp_path_factory)
     from openmm_mace_lp.bench import end_of_trajectory
     from openmm_mace_lp.export import export_to_file
     from openmm_mace_lp.neighbors import plan_capacity
-    from openmm_mace_lp.potential import import_openmmtorch
 
-    from .helpers import model, model_file, water_box
+    from .helpers import model, model_file, torchforce_system, water_box
 
     system = water_box(2)
     fitting = plan_capacity(len(system.positions), float(model().r_max), system.box * 10.0, system.positions * 10.0)
     path = export_to_file(model_file(tmp_path_factory.getbasetemp()), "fp32", "e3nn", system.atomic_numbers,
                           periodic=True, capacity=dataclasses.replace(fitting, edge_capacity=fitting.edge_capacity // 3))
-    omm = openmm.System()
-    for atom in system.topology.atoms():
-        omm.addParticle(atom.element.mass)
-    omm.setDefaultPeriodicBoxVectors(*system.box)
-    force = import_openmmtorch().TorchForce(str(path))
-    force.setOutputsForces(True)
-    force.setUsesPeriodicBoundaryConditions(True)
-    omm.addForce(force)
+    omm = torchforce_system(path, system)
     integrator = openmm.VerletIntegrator(0.5 * unit.femtosecond)
     context = openmm.Context(omm, integrator, openmm.Platform.getPlatformByName("Reference"))
     context.setPositions(system.positions)

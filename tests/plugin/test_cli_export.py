@@ -123,6 +123,22 @@ def test_margin_without_fixed_capacity_is_refused(tmp_path, tmp_path_factory, ca
     assert not (tmp_path / "x.pt").exists()
 
 
+@pytest.mark.parametrize("extra, output, message", [
+    (["--fixed-capacity", "--margin", "-1"], "x.pt", "must be a finite fraction"),
+    ([], ".", "is a directory"),
+    ([], "blocker/x.pt", "is a file, not a directory"),
+])
+def test_bad_export_targets_and_margins_fail_in_one_line(tmp_path, tmp_path_factory, capsys, extra, output, message):
+    path = model_file(tmp_path_factory.getbasetemp())
+    pdb = _write_pdb(tmp_path, water_box(2))
+    (tmp_path / "blocker").write_text("a file")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["export", str(path), "--topology", str(pdb), *extra, "-o", str(tmp_path / output)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_export_cache_key_follows_the_source_that_shapes_the_module(tmp_path, tmp_path_factory, monkeypatch):
     """A code change in any module that shapes the export serves a new file, not the old one."""
     import openmm_mace_lp.export as export

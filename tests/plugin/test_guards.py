@@ -264,3 +264,34 @@ def test_cached_known_model_is_checked_before_loading(tmp_path, tmp_path_factory
     cached.write_bytes(model_file(tmp_path_factory.getbasetemp()).read_bytes())
     with pytest.raises(ValueError, match=rf"expected {known.sha256}"):
         load_mace_model(cached)
+
+
+@pytest.mark.parametrize("make", [
+    lambda topology: MLPotential("mace-lp", polcy="bf16"),
+    lambda topology: MLPotential("mace-lp").createSystem(topology, returnEnergytype="energy"),
+], ids=["potential", "createSystem"])
+def test_a_misspelt_keyword_is_refused_with_a_suggestion(make):
+    topology = water_box(1).topology
+    with pytest.raises(TypeError, match="Did you mean"):
+        make(topology)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(platform="Metal"), "not an OpenMM platform"),
+    (dict(fixedNeighborList=True, neighborMargin=-0.5), "neighborMargin"),
+    (dict(fixedNeighborList=True, neighborMargin=float("nan")), "neighborMargin"),
+])
+def test_bad_create_system_values_are_refused(kwargs, message):
+    system = water_box(1)
+    with pytest.raises(ValueError, match=message):
+        MLPotential("mace-lp").createSystem(system.topology, device="cpu", positions=system.positions, **kwargs)
+
+
+@pytest.mark.parametrize("atoms, message", [([], "selects no atom"), ([0, 0, 1], "more than once"),
+                                            ([0, 1, 999], "outside the topology"), ([-1, 0], "outside")])
+def test_bad_ml_atom_selections_are_refused(atoms, message):
+    from openmm_mace_lp.potential import checked_atom_indices
+
+    with pytest.raises(ValueError, match=message):
+        checked_atom_indices(atoms, 6)
+    assert checked_atom_indices([3, 1, 2], 6) == [1, 2, 3]

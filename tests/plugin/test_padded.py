@@ -16,7 +16,7 @@ from openmm_mace_lp.export import build_force_module
 from openmm_mace_lp.neighbors import (CANDIDATES_PER_CHUNK, NeighborCapacity, neighbor_list, padded_neighbor_list,
                                       plan_capacity)
 
-from .helpers import acetamide, eager_reference, model, model_file, rel_error, water_box
+from .helpers import acetamide, eager_reference, model, model_file, rel_error, torchforce_system, water_box
 
 CUTOFF = 4.0
 
@@ -196,7 +196,6 @@ def test_fixed_capacity_npt_rejects_overflowing_compressions(tmp_path_factory):
     import openmm.unit as unit
 
     from openmm_mace_lp.export import export_to_file
-    from openmm_mace_lp.potential import import_openmmtorch
 
     system = water_box(3, spacing=0.31, seed=4)
     exact = _capacity(system, edge_margin=0.0)
@@ -210,14 +209,7 @@ def test_fixed_capacity_npt_rejects_overflowing_compressions(tmp_path_factory):
     energy, forces = module(torch.tensor(system.positions * squeezed), torch.tensor(system.box * squeezed))
     assert float(energy) == np.inf and torch.isnan(forces).all()  # a 0.1% compression overflows
 
-    omm = openmm.System()
-    for atom in system.topology.atoms():
-        omm.addParticle(atom.element.mass)
-    omm.setDefaultPeriodicBoxVectors(*system.box)
-    force = import_openmmtorch().TorchForce(str(path))
-    force.setOutputsForces(True)
-    force.setUsesPeriodicBoundaryConditions(True)
-    omm.addForce(force)
+    omm = torchforce_system(path, system)
     barostat = openmm.MonteCarloBarostat(1.0 * unit.bar, 300 * unit.kelvin, 1)
     barostat.setRandomNumberSeed(7)
     omm.addForce(barostat)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from openmm_mace_lp.simulations.config import (SimulationConfig, check_resume_changes, config_from_dict,
-                                               load_config, parse_override, resolved)
+                                               load_config, parse_override, resolved, validate)
 from openmm_mace_lp.simulations.run import simulate
 from sim_helpers import tiny_config, tiny_settings
 
@@ -173,3 +173,30 @@ def test_example_configs_are_valid(name, tiny_model):
     config = config_from_dict(tomllib.loads(path.read_text()), str(path))
     config.model.path = str(tiny_model)  # the embedded model may not be installed yet
     validate(config)
+
+
+def test_a_config_that_is_a_directory_or_not_text_is_named_as_such(tmp_path, tiny_model):
+    with pytest.raises(ValueError, match="is a directory"):
+        load_config(tmp_path)
+    garbage = tmp_path / "garbage.toml"
+    garbage.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match="not UTF-8 text"):
+        load_config(garbage)
+    config = tiny_config(tiny_model, "nvt")
+    config.model.path = str(tmp_path)
+    with pytest.raises(ValueError, match="model.path .* is a directory"):
+        validate(config)
+
+
+@pytest.mark.parametrize("section, key, value", [("run", "seed", 1.5), ("run", "production_steps", 8.5),
+                                                 ("system", "water_molecules", "8")])
+def test_values_set_on_the_object_are_type_checked(tiny_model, section, key, value):
+    config = tiny_config(tiny_model, "nvt")
+    setattr(getattr(config, section), key, value)
+    with pytest.raises(ValueError, match=f"{section}.{key} = .* has the wrong type"):
+        validate(config)
+
+
+def test_one_override_string_instead_of_a_list_is_refused():
+    with pytest.raises(TypeError, match=r"pass \['run.seed=2'\]"):
+        load_config(None, "run.seed=2")
