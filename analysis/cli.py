@@ -329,6 +329,15 @@ def _card_name(device: str) -> str:
     return "CPU (bf16/fp16/TF32 arithmetic emulated exactly, up to summation order)"
 
 
+def _model_identity(model: str | None) -> dict[str, str]:
+    """The model file's path, name and SHA-256 (the embedded model's when none was given)."""
+    from openmm_mace_lp.model_files import default_model_path, sha256_of
+
+    path = Path(model) if model else default_model_path()
+    return {"model": str(path), "model_name": path.name if model else f"embedded ({path.name})",
+            "model_sha256": sha256_of(path)}
+
+
 def cmd_static(args: argparse.Namespace) -> int:
     from .atomic import write_json, write_text
     from .static_errors import evaluate_static_errors, static_table
@@ -346,14 +355,15 @@ def cmd_static(args: argparse.Namespace) -> int:
     output = Path(args.output)
     data = result.to_dict()
     card = _card_name(_resolve_device(args.device))
-    data.update({"model": args.model, "structures": str(args.structures),
+    data.update({**_model_identity(args.model), "structures": str(args.structures),
                  "backend": args.backend, "card": card,
                  "n_structures": int(sum(s.n_frames for s in structures))})
     table = markdown_table(*static_table(result))
     write_json(output, data)
     markdown_path = write_text(output.with_suffix(".md"), (
         f"# Static errors vs {result.reference}\n\n{data['n_structures']} structures from "
-        f"{args.structures}, backend {args.backend}, on {card}.\n\n{table}\n"))
+        f"{args.structures}, model {data['model_name']} (SHA-256 {data['model_sha256'][:16]}), backend "
+        f"{args.backend}, on {card}.\n\n{table}\n"))
     print(table)
     print(f"wrote {output} and {markdown_path}")
     return 0

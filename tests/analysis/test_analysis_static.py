@@ -143,6 +143,9 @@ def test_static_command_with_a_stand_in_evaluator(tmp_path, monkeypatch, run_cli
     expected = se.per_structure_errors(e_ref, f_ref, e, f)["AE_F"]
     np.testing.assert_allclose(data["per_structure"]["fp32"]["AE_F"][:3], expected)
     assert "AE_E mean" in (tmp_path / "static.md").read_text()
+    import hashlib
+
+    assert data["model_name"] == "m.model" and data["model_sha256"] == hashlib.sha256(b"x").hexdigest()
 
 
 def test_static_command_without_the_evaluator_says_what_to_install(tmp_path, monkeypatch,
