@@ -9,7 +9,7 @@ SHA-256, every directory) right before and right after the one call under test.
 
 Outcomes:
 
-* **clear**: our error (ValueError, FileNotFoundError, RuntimeError; openmm-ml's KeyError for a
+* **clear**: our error (ValueError, TypeError, FileNotFoundError, RuntimeError; openmm-ml's KeyError for a
   name; OpenMM's own exception where OpenMM is the one who checks) whose message matches what
   the case says it must name; on the CLI a non-zero status, no traceback and one ``error:``
   line (argparse's usage block plus its one error line counts as clear).
@@ -210,7 +210,6 @@ class Fixtures:
         return path
 
     def _structures(self) -> None:
-        import numpy as np
         from openmm import app, unit
 
         from openmm_mace_lp.systems.builders import water_box
@@ -243,7 +242,6 @@ class Fixtures:
         self.garbage = self._write("garbage.pdb", b"\x00\x01 not a structure \xff\xfe\n" * 20)
         self.empty_pdb = self._write("empty.pdb", b"")
         self.garbage_cif = self._write("garbage.cif", b"data_x\nloop_\n_atom_site.id\n1 2 3\n")
-        self.np = np
 
     def _runs(self) -> None:
         from openmm_mace_lp.simulations.config import load_config
@@ -488,7 +486,9 @@ def _harmless_warning(text: str) -> bool:
 def our_error_types() -> tuple[type, ...]:
     from openmm_mace_lp.entry_point import UnknownPotentialName
 
-    return (ValueError, FileNotFoundError, RuntimeError, UnknownPotentialName)
+    # TypeError is Python's own answer to an unknown keyword or an argument of the wrong type;
+    # the message decides whether it names the problem (an upstream one seldom does).
+    return (ValueError, TypeError, FileNotFoundError, RuntimeError, UnknownPotentialName)
 
 
 def judge(case: Case, attempt: Attempt, folders: Sequence[Path] = ()) -> tuple[str, str]:

@@ -248,6 +248,8 @@ def simulate(config: SimulationConfig | None, run_dir: str | Path, *, resume: bo
     if config is not None:
         config = prepare_config(config)
     directory.check_is_directory()
+    if config is not None and not directory.holds_results():
+        check_start_inputs(config)  # a bad structure or model file fails before anything is created
     choice = dict(resume=resume, overwrite=overwrite, config_given=config is not None)
     if directory.kind() in (MISSING, FOREIGN):
         _refuse_if_busy(directory)
@@ -274,6 +276,16 @@ def simulate(config: SimulationConfig | None, run_dir: str | Path, *, resume: bo
                 logger.info("%s: %s", "--overwrite removed" if overwrite else
                             "no checkpoint to resume from: starting from scratch; removed", ", ".join(removed))
             return _Runner(start, directory, quiet, hooks, deadline).run()
+
+
+def check_start_inputs(config: SimulationConfig) -> None:
+    """The starting structure (readable, finite, a box for NPT) and the model file (a torch
+    archive), checked before a fresh run creates its directory, so bad input leaves nothing."""
+    from openmm_mace_lp.model_files import check_model_file, default_model_path
+
+    check_structure(load_structure(config.system), config.ensemble)
+    if config.model.kind == "mace":
+        check_model_file(default_model_path() if config.model.path == "default" else Path(config.model.path))
 
 
 def _refuse_if_busy(directory: RunDirectory) -> None:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 from io import StringIO
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -379,3 +380,21 @@ def test_main_job_directory_goes_to_the_next_free_one(completed, tmp_path, capsy
     assert main_run_directory(False, False, base) == tmp_path / "runs" / "main-2"
     (tmp_path / "runs" / "main-2" / "notes.txt").write_text("x")
     assert main_run_directory(False, False, base) == tmp_path / "runs" / "main-3"
+
+
+def test_a_bad_structure_or_model_file_fails_before_the_run_directory_exists(tmp_path, tiny_model):
+    empty_pdb = tmp_path / "empty.pdb"
+    empty_pdb.write_text("")
+    config = tiny_config(tiny_model, "nvt")
+    config.system.water_molecules = None
+    config.system.pdb = str(empty_pdb)
+    with pytest.raises(ValueError, match="cannot be read"):
+        simulate(config, tmp_path / "run-structure", quiet=True)
+    assert not (tmp_path / "run-structure").exists()
+    truncated = tmp_path / "truncated.model"
+    truncated.write_bytes(Path(tiny_model).read_bytes()[:1000])
+    config = tiny_config(tiny_model, "nvt")
+    config.model.path = str(truncated)
+    with pytest.raises(ValueError):
+        simulate(config, tmp_path / "run-model", quiet=True)
+    assert not (tmp_path / "run-model").exists()
