@@ -147,13 +147,15 @@ class MACEForce(torch.nn.Module):
         the list. The list gets finite stand-ins (computed on the device, no host sync) and the
         caller poisons the result with ``finite``.
         """
-        finite = torch.isfinite(pos).all()
-        list_pos = torch.where(torch.isfinite(pos), pos, torch.zeros_like(pos))
+        finite_pos = torch.isfinite(pos)
+        finite = finite_pos.all()
+        list_pos = torch.where(finite_pos, pos, torch.zeros_like(pos))
         list_cell: Optional[torch.Tensor] = None
         if cell is not None:
-            finite = finite & torch.isfinite(cell).all()
+            finite_cell = torch.isfinite(cell).all()
+            finite = finite & finite_cell
             stand_in = torch.eye(3, dtype=cell.dtype, device=cell.device) * (4.0 * self.cutoff)
-            list_cell = torch.where(torch.isfinite(cell).all(), cell, stand_in)
+            list_cell = torch.where(finite_cell, cell, stand_in)
         return finite, list_pos, list_cell
 
     @torch.jit.export
