@@ -237,9 +237,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.output = str(output)
     result = simulate(config, output, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite,
                       deadline=_deadline(args))
-    _print_summary(result.run_dir, quiet=False)
-    if result.status == "completed":
-        _write_main_report(result.run_dir)
+    from .summary import REPORT_DIR
+
+    analysis = _write_main_report(result.run_dir) if result.status == "completed" else None
+    _print_summary(result.run_dir, quiet=False, analysis=analysis)
+    if analysis is not None:
+        print(f"report: {result.run_dir / REPORT_DIR / 'report.md'} (and report.html, figures/); "
+              f"`mace-lp analyze {result.run_dir}` prints the analysis again.")
     if device == "cpu":
         from .presets import CPU_NOTE
 
@@ -247,13 +251,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_main_report(run_dir: Path) -> None:
-    """The single-run report of the main job (plots and what the data supports)."""
-    from openmm_mace_lp.analysis.report import write_run_report
+def _write_main_report(run_dir: Path):
+    """The single-run report of the main job (plots and what the data supports); returns the
+    run's analysis so that the summary does not analyse the run a second time."""
+    from openmm_mace_lp.analysis.analyze import analyze_run
+    from openmm_mace_lp.analysis.report import write_run_analysis_report
 
-    paths = write_run_report(run_dir)
-    print(f"report: {paths['markdown']} (and report.html, figures/); "
-          f"`mace-lp analyze {run_dir}` prints the analysis again.")
+    analysis = analyze_run(run_dir)
+    from .summary import REPORT_DIR
+
+    write_run_analysis_report(analysis, run_dir / REPORT_DIR)
+    return analysis
 
 
 def main_run_directory(resume: bool, overwrite: bool, base: Path | None = None) -> Path:
@@ -281,10 +289,10 @@ def main_run_directory(resume: bool, overwrite: bool, base: Path | None = None) 
     return chosen
 
 
-def _print_summary(run_dir: Path, quiet: bool) -> None:
+def _print_summary(run_dir: Path, quiet: bool, analysis=None) -> None:
     from .summary import format_summary, summarize
 
-    summary = summarize(run_dir)
+    summary = summarize(run_dir, analysis)
     if quiet:
         print(f"{run_dir}: {summary.get('status')}")
     else:

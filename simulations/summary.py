@@ -68,14 +68,15 @@ def _too_short(analysis) -> list[str]:
     return list(dict.fromkeys(messages))
 
 
-def summarize(run_dir: str | Path) -> dict[str, Any]:
-    """Key facts of a run, its measured means with SEM, and what it cannot support."""
+def summarize(run_dir: str | Path, analysis=None) -> dict[str, Any]:
+    """Key facts of a run, its measured means with SEM, and what it cannot support
+    (``analysis``: the run's analysis when the caller has made it already)."""
     from openmm_mace_lp.analysis.analyze import analyze_run
 
     run_dir = Path(run_dir)
     summary = _run_facts(run_dir)
     try:
-        analysis = analyze_run(run_dir)
+        analysis = analysis or analyze_run(run_dir)
     except (ValueError, FileNotFoundError) as error:
         summary["analysis_error"] = str(error)
     else:
