@@ -4,7 +4,8 @@ The module takes OpenMM's positions and box vectors (nm), builds the neighbour l
 device, evaluates MACE and returns the energy (kJ/mol) and forces (kJ/mol/nm), so a TorchForce
 with ``setOutputsForces(True)`` keeps the whole step on the GPU. Exported files are cached on
 disk under a key of everything that changes their content: the model file's hash, the policy,
-backend, atoms, device and capacities, the library versions and the source code of every
+backend, atoms, device, capacities and neighbour-list implementation (native operator or
+TorchScript), the library versions and the source code of every
 module of this package that shapes the exported module (``SHAPING_MODULES``); a cached file
 whose own SHA-256 no longer matches the one recorded beside it is rebuilt.
 """
@@ -29,7 +30,8 @@ from .atomic import atomic_path, atomic_write_text
 from .backend import CUEQ_BACKENDS, convert_to_cueq, make_scriptable, model_layout, resolve_backend
 from .fused_conv import fuse_convolutions, keep_weights_low
 from .linears import apply_policy_layers
-from .neighbors import CANDIDATES_PER_CHUNK, NeighborCapacity, neighbor_list, padded_neighbor_list
+from .neighbors import (CANDIDATES_PER_CHUNK, NATIVE_LIST, TORCHSCRIPT_LIST, NeighborCapacity, native_cell_list,
+                        neighbor_list, padded_neighbor_list, resolve_neighbor_list_impl)
 from .policy import MATMUL_BF16, MATMUL_FP16, Policy, get_policy, require_fp32_accumulation
 
 logger = logging.getLogger(__name__)
@@ -87,11 +89,19 @@ class MACEForce(torch.nn.Module):
     parameter (``createMixedSystem(..., interpolate=True)``'s ``lambda_interpolate``).
     openmm-torch passes global parameters after the box vectors, so a non-periodic module
     receives it in the box's place.
+
+    ``neighbor_list_impl`` "native" builds the fixed-capacity list with the native operator
+    (``neighbors.native_cell_list``; the file then needs the ``mace_lp`` library loaded),
+    "torchscript" with ``neighbors.padded_neighbor_list``. A constant, so TorchScript compiles
+    only the chosen call.
     """
+
+    __constants__ = ["native_list"]
 
     def __init__(self, model: torch.nn.Module, node_attrs: torch.Tensor, atom_indices: Optional[torch.Tensor],
                  num_atoms_total: int, periodic: bool, dtype: torch.dtype, energy_type: str,
-                 capacity: Optional[NeighborCapacity] = None, scaled: bool = False) -> None:
+                 capacity: Optional[NeighborCapacity] = None, scaled: bool = False,
+                 neighbor_list_impl: str = TORCHSCRIPT_LIST) -> None:
         super().__init__()
         self.model = model
         self.scaled = scaled
@@ -120,6 +130,8 @@ class MACEForce(torch.nn.Module):
         self.list_cell_capacity = list_cell_capacity
         self.edge_capacity = fixed.edge_capacity
         self.max_candidates = CANDIDATES_PER_CHUNK
+        self.neighbor_list_impl = neighbor_list_impl if capacity is not None else TORCHSCRIPT_LIST
+        self.native_list = self.neighbor_list_impl == NATIVE_LIST
         # Static outputs for CUDA graphs. openmm-torch 1.5 captures one graph per includeForces
         # value and keeps the output tensors of the *last captured* graph, so replays of the other
         # graph hand OpenMM stale results: stale energies for energy-only calls (a barostat's
@@ -158,6 +170,14 @@ class MACEForce(torch.nn.Module):
             list_cell = torch.where(finite_cell, cell, stand_in)
         return finite, list_pos, list_cell
 
+    def _fixed_list(self, pos: torch.Tensor, cell: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Edges, shifts and stats of the fixed-capacity list, from the implementation chosen at export."""
+        if self.native_list:
+            return native_cell_list(pos, cell, self.cutoff, self.grid, self.stencil, self.list_cell_capacity,
+                                    self.edge_capacity)
+        return padded_neighbor_list(pos, cell, self.cutoff, self.grid, self.stencil, self.list_cell_capacity,
+                                    self.edge_capacity, self.max_candidates)
+
     @torch.jit.export
     def neighbor_stats(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[edges needed, edge capacity, atoms in the fullest cell, cell capacity, grid valid]."""
@@ -166,8 +186,7 @@ class MACEForce(torch.nn.Module):
         if not self.padded:
             edges, _ = neighbor_list(pos, cell, self.cutoff)
             return torch.tensor([edges.shape[1], edges.shape[1], 0, 0, 1])
-        _, _, stats = padded_neighbor_list(pos, cell, self.cutoff, self.grid, self.stencil, self.list_cell_capacity,
-                                           self.edge_capacity, self.max_candidates)
+        _, _, stats = self._fixed_list(pos, cell)
         limits = torch.tensor([self.edge_capacity, self.cell_capacity], device=stats.device)
         return torch.stack([stats[0], limits[0], stats[1], limits[1], stats[2]]).cpu()
 
@@ -179,9 +198,7 @@ class MACEForce(torch.nn.Module):
         finite, list_pos, list_cell = self._finite_inputs(pos, cell)
         overflow = torch.zeros((), dtype=torch.bool, device=pos.device)
         if self.padded:
-            edge_index, shifts, stats = padded_neighbor_list(
-                list_pos, list_cell, self.cutoff, self.grid, self.stencil, self.list_cell_capacity,
-                self.edge_capacity, self.max_candidates)
+            edge_index, shifts, stats = self._fixed_list(list_pos, list_cell)
             overflow = (stats[0] > self.edge_capacity) | (stats[2] == 0)
             if self.periodic:
                 overflow = overflow | (stats[1] > self.cell_capacity)
@@ -242,6 +259,7 @@ class ExportSpec:
     device: str
     neighbor_capacity: Optional[Dict[str, object]] = None
     scaled: bool = False
+    neighbor_list_impl: str = TORCHSCRIPT_LIST
     versions: Dict[str, str] = field(default_factory=dict)
     source_sha256: str = ""
 
@@ -320,11 +338,16 @@ def build_force_module(
     energy_type: str = "interaction_energy",
     capacity: Optional[NeighborCapacity] = None,
     scaled: bool = False,
+    neighbor_list: Optional[str] = None,
 ) -> torch.jit.ScriptModule:
-    """The scripted MACEForce for these atoms, on ``device``."""
+    """The scripted MACEForce for these atoms, on ``device``.
+
+    ``neighbor_list``: "native", "torchscript", or None for the native operator where its
+    library is loaded for ``device`` (fixed capacities only; see ``MACEForce``)."""
     policy = get_policy(policy_name)
     device = torch.device(device)
     backend = resolve_backend(backend, device)
+    impl = resolve_neighbor_list_impl(neighbor_list, device.type, capacity is not None)
     if energy_type not in ENERGY_TYPES:
         raise ValueError(f"Unknown returnEnergyType {energy_type!r}; use one of {', '.join(ENERGY_TYPES)}.")
     element_index = check_elements(model, atomic_numbers)
@@ -335,7 +358,7 @@ def build_force_module(
     indices = None if atom_indices is None else torch.tensor(list(atom_indices), dtype=torch.long)
     total = len(atomic_numbers) if num_atoms_total is None else num_atoms_total
     force = MACEForce(prepared, node_attrs, indices, total, periodic, policy.model_dtype, energy_type, capacity,
-                      scaled)
+                      scaled, impl)
     return script_module(force.to(device))
 
 
@@ -384,12 +407,14 @@ def export_to_file(
     energy_type: str = "interaction_energy",
     capacity: Optional[NeighborCapacity] = None,
     scaled: bool = False,
+    neighbor_list: Optional[str] = None,
 ) -> Path:
     """The TorchScript file for this model, policy and system: from the cache, or built into it.
 
     With ``output`` the cached file is also copied there (atomically) for the user to keep. With
     a ``capacity`` the neighbour list has fixed shapes (CUDA-graph capturable); ``scaled``: see
-    ``MACEForce``.
+    ``MACEForce``; ``neighbor_list``: see ``build_force_module`` (the choice is part of the cache
+    key and of the file's metadata).
     """
     from .model_files import cache_dir, check_model_path, load_mace_model, sha256_of
 
@@ -398,6 +423,7 @@ def export_to_file(
     device = torch.device(device)
     resolved_backend = resolve_backend(backend, device)
     check_model_path(model_path)
+    impl = resolve_neighbor_list_impl(neighbor_list, device.type, capacity is not None)
     spec = ExportSpec(
         model_sha256=sha256_of(model_path),
         policy=policy_name,
@@ -410,6 +436,7 @@ def export_to_file(
         device=device.type,
         neighbor_capacity=None if capacity is None else asdict(capacity),
         scaled=bool(scaled),
+        neighbor_list_impl=impl,
         versions=library_versions(),
         source_sha256=source_digest(),
     )
@@ -419,7 +446,7 @@ def export_to_file(
         module = build_force_module(
             model, policy_name, resolved_backend, atomic_numbers, atom_indices=atom_indices,
             num_atoms_total=num_atoms_total, periodic=periodic, device=device, energy_type=energy_type,
-            capacity=capacity, scaled=scaled,
+            capacity=capacity, scaled=scaled, neighbor_list=impl,
         )
         metadata = {**asdict(spec), "model_path": os.fspath(model_path), "cutoff_angstrom": float(model.r_max)}
         with atomic_path(cached) as tmp:

@@ -12,7 +12,9 @@ stencil of periodic images (``ceil(cutoff / width)`` on each side), so small box
 with as many images as the cutoff needs instead of being refused. Memory is O(N * 27 * atoms per
 cell), processed in chunks, i.e. linear in N. Non-periodic systems use a grid over the bounding
 box without wrapping. One function (``cell_list``) does this, with shapes fixed in advance (the
-CUDA-graph path) or sized from the data.
+CUDA-graph path) or sized from the data. The fixed-shape list also exists as a native operator
+(``native_cell_list``: C++/CUDA kernels in native/, the same output bit for bit on the CPU),
+which exported modules call when its library is loaded (``resolve_neighbor_list_impl``).
 """
 from __future__ import annotations
 
@@ -138,7 +140,9 @@ def cell_list(
         grid_coord = frac * dims_f
     atom_cell = torch.minimum(torch.floor(grid_coord).long().clamp(min=0), dims - 1)  # [N, 3]
     cell_id = (atom_cell[:, 0] * grid[1] + atom_cell[:, 1]) * grid[2] + atom_cell[:, 2]
-    order = torch.argsort(cell_id)
+    # Stable: atoms of a cell in ascending index, on every device, so that which pairs an
+    # overflowing cell drops is defined (the native operator, mace_lp::cell_list, drops the same).
+    order = torch.argsort(cell_id, stable=True)
     n_cells = grid[0] * grid[1] * grid[2]
     atoms_in_cell = torch.zeros(n_cells, dtype=torch.long, device=device).index_add_(
         0, cell_id, torch.ones_like(cell_id))
@@ -263,6 +267,62 @@ def padded_neighbor_list(
     """
     return cell_list(positions, cell, cutoff, grid, stencil, max(cell_capacity, 1), max(edge_capacity, 1),
                      max_candidates)
+
+
+def native_cell_list(
+    positions: torch.Tensor,
+    cell: Optional[torch.Tensor],
+    cutoff: float,
+    grid: List[int],
+    stencil: torch.Tensor,
+    cell_capacity: int,
+    edge_capacity: int,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``padded_neighbor_list`` from the native operator ``mace_lp::cell_list`` (native/, loaded by
+    ``openmm_mace_lp.native``): the same edges, shifts and stats, bit for bit on the CPU, with a
+    CUDA kernel that a CUDA graph can capture. Only callable once the library is loaded, also
+    when scripted."""
+    return torch.ops.mace_lp.cell_list(positions.detach(), cell, cutoff, grid, stencil, max(cell_capacity, 1),
+                                       max(edge_capacity, 1))
+
+
+# Which implementation builds the fixed-capacity list of an exported module.
+NATIVE_LIST = "native"
+TORCHSCRIPT_LIST = "torchscript"
+NEIGHBOR_LIST_IMPLS = (NATIVE_LIST, TORCHSCRIPT_LIST)
+
+
+# Device types whose native kernels are the default (see resolve_neighbor_list_impl).
+NATIVE_DEFAULT_DEVICES = ("cpu",)
+
+
+def resolve_neighbor_list_impl(requested: Optional[str], device_type: str, fixed_capacity: bool) -> str:
+    """The implementation an export uses: ``requested``, or by default the native operator where
+    it is loaded for ``device_type`` and proven there. The data-sized list (no fixed capacity) is
+    TorchScript only.
+
+    Proven: the CPU kernel equals the TorchScript list bit for bit in the CPU tests. The CUDA
+    kernels compile (nvcc 13) and pass those comparisons under a host emulation, but have not yet
+    run on a GPU, so CUDA exports keep the TorchScript list unless ``neighbor_list='native'`` asks
+    for them (``tests/gpu/test_native_gpu.py`` is the check that moves them into the default)."""
+    from . import native
+
+    if requested is not None and requested not in NEIGHBOR_LIST_IMPLS:
+        raise ValueError(f"Unknown neighbour list implementation {requested!r}; use one of "
+                         f"{', '.join(NEIGHBOR_LIST_IMPLS)} (or None for the native one where it is loaded).")
+    usable = fixed_capacity and native.available(device_type)
+    if requested == NATIVE_LIST and not usable:
+        if not fixed_capacity:
+            raise ValueError("The native neighbour list has fixed capacities: pass a capacity "
+                             "(fixedNeighborList=True), or neighbor_list='torchscript'.")
+        state = native.state()
+        cause = ("OPENMM_MACE_LP_NATIVE=0 turns it off" if native.disabled_by_environment() else
+                 state.problem or f"its library has no {device_type} kernel (loaded: {sorted(state.loaded) or 'none'})")
+        raise RuntimeError(f"The native neighbour list is not available for {device_type}: {cause}. "
+                           f"Use neighbor_list='torchscript' or None.")
+    if requested is None:
+        return NATIVE_LIST if usable and device_type in NATIVE_DEFAULT_DEVICES else TORCHSCRIPT_LIST
+    return requested
 
 
 # Candidate pairs examined per chunk of atoms by the cell list (~50 bytes each; neighbor_list's default too).
