@@ -52,18 +52,41 @@ def _register_by_value() -> None:
 
 class Stopwatch:
     """OpenMM reporter: appends ``<epoch seconds> <steps of both phases so far>`` at every
-    ``interval`` steps (the run's report interval, so it adds no extra stop)."""
+    ``interval`` steps (the run's report interval, so it adds no extra stop).
 
-    def __init__(self, path: str, offset: int, interval: int) -> None:
+    With a ``barrier`` (a folder and the number of runs) its first report also waits until every
+    run has reached its first report, i.e. has built its context and captured its step, so that
+    the N runs step together: without it a run that exports or captures late can find the others
+    already finished (measured on an H200: N = 2 and 8 then had no common window at all)."""
+
+    def __init__(self, path: str, offset: int, interval: int, barrier: tuple[str, int] | None = None,
+                 barrier_timeout_s: float = 120.0) -> None:
         self.path, self.offset, self.interval = path, offset, interval
+        self.barrier, self.barrier_timeout_s = barrier, barrier_timeout_s
 
     def describeNextReport(self, simulation):  # noqa: N802 - OpenMM's reporter API
         steps = self.interval - simulation.currentStep % self.interval
         return {"steps": steps, "periodic": None, "include": []}
 
     def report(self, simulation, state) -> None:
+        if self.barrier is not None:
+            wait_for_all(*self.barrier, name=Path(self.path).name, timeout_s=self.barrier_timeout_s)
+            self.barrier = None
         with open(self.path, "a") as handle:
             handle.write(f"{time.time():.6f} {self.offset + simulation.currentStep}\n")
+
+
+def wait_for_all(folder: str, count: int, name: str, timeout_s: float) -> bool:
+    """Mark ``name`` ready in ``folder`` and wait until ``count`` runs are (False on time-out)."""
+    ready = Path(folder)
+    ready.mkdir(parents=True, exist_ok=True)
+    (ready / name).touch()
+    deadline = time.time() + timeout_s
+    while len(list(ready.iterdir())) < count:
+        if time.time() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def read_samples(path: Path) -> list[tuple[float, int]]:
@@ -157,7 +180,8 @@ def measure(client: Any, base: Path | None, settings: Sequence[str], n: int, ste
 
     def hooks_for(point):
         path = str(samples / SAMPLES_FILE.format(seed=point.seed))
-        return RunHooks(reporters={"equilibration": [Stopwatch(path, 0, interval)],
+        barrier = (str(work / f"n{n}-ready"), n)
+        return RunHooks(reporters={"equilibration": [Stopwatch(path, 0, interval, barrier)],
                                    "production": [Stopwatch(path, eq_steps, interval)]})
 
     minutes = None if deadline is None else max(0.1, (deadline - time.time()) / 60.0)

@@ -87,7 +87,10 @@ class ClusterSettings:
 
     kind: str = "local"  # local | scheduler | slurm | pbs
     gpus: str | tuple[str, ...] = "auto"  # local: "auto" (every visible GPU) or device ids; () = CPU
-    runs_per_gpu: int = 1  # worker processes sharing one GPU (local and jobqueue)
+    # Worker processes sharing one GPU (local and jobqueue). 4: on one H200 (2026-12-01) four
+    # concurrent 1029-atom runs of the embedded model gave 1.44x the aggregate ns/day of one run
+    # (24.2 vs 16.8), eight no more (24.4); benchmarks/results/campaign_packing_2026-12-01_h200.md.
+    runs_per_gpu: int = 4
     cpu_workers: int = 0  # local with gpus = []: worker processes, one run each
     address: str = ""  # scheduler: e.g. tcp://10.0.0.5:8786
     jobs: int = 1  # slurm/pbs: one-GPU jobs kept running
@@ -1176,7 +1179,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="override a key of the base run config, e.g. --set run.production_steps=2000")
     parser.add_argument("--scheduler", metavar="ADDRESS", help="use this running Dask scheduler")
     parser.add_argument("--gpus", metavar="LIST", help="local cluster: device ids (e.g. 0,1), or 'none' for CPU workers")
-    parser.add_argument("--runs-per-gpu", type=int, metavar="N", help="worker processes per GPU")
+    parser.add_argument("--runs-per-gpu", type=int, metavar="N", help="worker processes per GPU (default 4: measured on an H200 for ~1000-atom runs)")
     parser.add_argument("--cpu-workers", type=int, metavar="N", help="local CPU workers (with --gpus none)")
     parser.add_argument("--max-minutes", type=float, metavar="M",
                         help="pause running runs at a checkpoint after M minutes and start no more")
