@@ -131,6 +131,7 @@ def analyse_point(run_dir: Path) -> dict:
     from openmm_mace_lp.analysis.analyze import analyze_run
 
     analysis = analyze_run(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
     density, density_sem = _estimate(analysis, "density")
     peak_r = next((k for k in analysis.scalars if k.startswith("rdf_peak_position") and k.endswith("O-O")), None)
     peak_g = next((k for k in analysis.scalars if k.startswith("rdf_peak_height") and k.endswith("O-O")), None)
@@ -141,6 +142,9 @@ def analyse_point(run_dir: Path) -> dict:
         "equilibration_cut_ps": float(analysis.equilibration.get("t0_ps", math.nan)),
         "ns_per_day": analysis.speed["ns_per_day"],
         "warnings": list(analysis.warnings),
+        # a failed run (a guard, an overflowing neighbour list) is reported with what it made
+        "status": manifest.get("status"),
+        "failure": run_failure(manifest),
     }
     if peak_r and peak_g:
         result["oo_peak_r_nm"], result["oo_peak_r_sem"] = _estimate(analysis, peak_r)
@@ -151,6 +155,24 @@ def analyse_point(run_dir: Path) -> dict:
     result["density_series"] = {"time_ps": analysis.series["time_ps"].tolist(),
                                 "density_g_cm3": analysis.series["density"].tolist()}
     return result
+
+
+def run_failure(manifest: dict) -> str | None:
+    """The last line of a failed run's error (None for a run that did not fail)."""
+    if manifest.get("status") != "failed":
+        return None
+    failure = manifest.get("failure") or {}
+    text = failure.get("message") if isinstance(failure, dict) else str(failure)
+    return (text or "failed").strip().splitlines()[-1]
+
+
+def status_note(point: dict) -> str:
+    """', failed: ...' or ', paused' after a run's production length; '' when completed."""
+    if point.get("status") == "failed":
+        return f", failed: {str(point.get('failure')).split(';')[0].split('. ')[0]}"
+    if point.get("status") not in (None, "completed"):
+        return f", {point['status']}"
+    return ""
 
 
 def compare(teacher: dict, model: dict, temperature_K: float) -> dict:
@@ -181,12 +203,14 @@ def markdown(summary: dict) -> str:
         tr, mo = t["teacher"], t["model"]
         teacher = f"{tr['density_g_cm3']:.4f} +- {tr['density_sem']:.4f} ({tr['production_ps']:.0f} ps)"
         if mo is None:
-            rows.append(f"| {t['temperature_K']:g} | {teacher} | not run yet | | "
+            run = t.get("model_run")
+            made = "not run yet" if run is None else f"no production{status_note(run)}"
+            rows.append(f"| {t['temperature_K']:g} | {teacher} | {made} | | "
                         f"{100 * DENSITY_TOLERANCE[t['temperature_K']]:.1f} % | |")
             continue
         ch = t["checks"]["density"]
         rows.append(f"| {t['temperature_K']:g} | {teacher} | "
-                    f"{mo['density_g_cm3']:.4f} +- {mo['density_sem']:.4f} ({mo['production_ps']:.0f} ps) | "
+                    f"{mo['density_g_cm3']:.4f} +- {mo['density_sem']:.4f} ({mo['production_ps']:.0f} ps{status_note(mo)}) | "
                     f"{100 * ch['relative_difference']:+.2f} % "
                     f"| {100 * ch['tolerance']:.1f} % | {'yes' if ch['met'] else 'no'} |")
     at300 = next((t for t in summary["temperatures"] if t["temperature_K"] == 300.0), None)
@@ -235,7 +259,8 @@ def plot_density(summary: dict, path: Path) -> None:
         ax.set_xlabel("time (ps)")
         ax.set_ylabel("density (g/cm3)")
         ax.legend(fontsize=7)
-    fig.suptitle(f"AMOEBA teacher vs embedded MACE model, 343 waters ({summary['card']})", fontsize=9)
+    sha = (summary.get("model") or {}).get("sha256", "")
+    fig.suptitle(f"AMOEBA teacher vs MACE model {sha[:8]}, 343 waters ({summary['card']})", fontsize=9)
     fig.tight_layout()
     from openmm_mace_lp.analysis.atomic import save_figure
 
@@ -271,6 +296,9 @@ def summarize(out: Path, card: str, result: Path, teacher_results: Path | None =
             run_dir = out / Point(who, temperature).name
             if entry[who] is None and _has_production(run_dir):
                 entry[who] = analyse_point(run_dir)
+            elif who == "model" and (run_dir / "manifest.json").is_file():
+                manifest = json.loads((run_dir / "manifest.json").read_text())
+                entry["model_run"] = {"status": manifest.get("status"), "failure": run_failure(manifest)}
         if entry["teacher"] is None:
             continue
         if entry["model"] is not None:
@@ -305,7 +333,9 @@ def summarize(out: Path, card: str, result: Path, teacher_results: Path | None =
     }
     summary["markdown_table"] = markdown(summary)
     write_json(result, summary)
-    write_text(result.with_suffix(".md"), f"# Closed loop: embedded model vs AMOEBA teacher, NPT water ({card})\n\n"
+    sha = (summary["model"] or {}).get("sha256", "")
+    named = f"model {sha[:8]}" if sha else "model"
+    write_text(result.with_suffix(".md"), f"# Closed loop: MACE {named} vs its AMOEBA teacher, NPT water ({card})\n\n"
                + summary["markdown_table"] + "\n\n![density](" + result.with_suffix(".png").name + ")\n")
     plot_density(summary, result.with_suffix(".png"))
     print(summary["markdown_table"])

@@ -393,6 +393,7 @@ def model_card(target: Target, hp: dict, errors: dict, manifest: dict | None, co
         lines += [f"- Frames (atoms): train {c['train']['frames']} ({c['train']['atoms']}), "
                   f"valid {c['valid']['frames']} ({c['valid']['atoms']}), "
                   f"test {c['test']['frames']} ({c['test']['atoms']})."]
+    lines += _sampled_stage_lines(manifest or {}, errors["model_sha256"])
     lines += [f"- Licence: {licence}", "", "## Architecture and training", "| option | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in hp.items()]
     lines += [
@@ -425,6 +426,22 @@ def model_card(target: Target, hp: dict, errors: dict, manifest: dict | None, co
     return "\n".join(lines)
 
 
+def _sampled_stage_lines(manifest: dict, model_sha256: str) -> list[str]:
+    """Frames of models' own NPT runs in the data set (run_frames.py): one line per stage, saying
+    whether this model sampled them, i.e. was trained before they existed."""
+    lines = []
+    for key, stage in manifest.items():
+        if not key.startswith("model_npt_stage") or not isinstance(stage, dict):
+            continue
+        models = stage.get("sampling_models_sha256", [])
+        added = ", ".join(f"{split} {n}" for split, n in stage.get("frames_added", {}).items() if n)
+        own = model_sha256 in models
+        lines.append(f"- The data set also holds frames of NPT runs of model {', '.join(m[:8] for m in models)} "
+                     f"labelled by the teacher ({added}; `systems/recipes/run_frames.py`)"
+                     + (": added after this model was trained, which has not learnt from them." if own else "."))
+    return lines
+
+
 def _status_lines(target: Target, hp: dict, errors: dict, train_seconds: float,
                   closed_loop: dict | None) -> list[str]:
     """What this model has and has not been shown to do, first thing a reader sees after the errors."""
@@ -438,9 +455,24 @@ def _status_lines(target: Target, hp: dict, errors: dict, train_seconds: float,
                      f"({train_seconds / 60:.1f} min); more epochs (`--epochs`) are the next step.")
     else:
         lines.append("- The test errors meet the targets.")
+    measured = [t for t in (closed_loop or {}).get("temperatures", []) if t.get("checks")]
+    if measured:
+        rows = [f"{t['temperature_K']:g} K {100 * t['checks']['density']['relative_difference']:+.1f} %"
+                for t in measured]
+        held = all(t["checks"]["density"]["met"] for t in measured)
+        lines.append(f"- **{'Holds' if held else 'Does not hold'} its teacher's density under NPT** (model minus "
+                     f"teacher: {', '.join(rows)}; the closed loop below). "
+                     + ("" if held else "Frames of its own NPT runs, labelled by the teacher "
+                        "(`systems/recipes/run_frames.py`), are the next round of training data."))
+    failed = [t for t in (closed_loop or {}).get("temperatures", [])
+              if (t.get("model") or t.get("model_run") or {}).get("status") == "failed"]
+    for t in failed:
+        run = t.get("model") or t.get("model_run")
+        lines.append(f"- **Its NPT run at {t['temperature_K']:g} K failed**: "
+                     f"{str(run.get('failure')).split('; ')[0].split('. ')[0]}.")
     if not closed_loop or not closed_loop.get("model_runs_complete"):
-        lines.append("- **Not yet checked in NPT against its teacher**: the closed loop below holds the teacher's "
-                     "own runs; the model's runs (`benchmarks/closed_loop.py run --who model`) have not been made.")
+        lines.append("- The closed loop is incomplete: not every temperature has the model's full production run "
+                     "(`benchmarks/closed_loop.py run --who model`).")
     return lines
 
 
@@ -489,7 +521,8 @@ def _closed_loop_summary(path: Path | None) -> dict | None:
         return None
     data = json.loads(path.read_text())
     return dict(markdown_table=data.get("markdown_table", ""), file=path.name, card=data.get("card", ""),
-                model_runs_complete=bool(data.get("model_runs_complete")))
+                model_runs_complete=bool(data.get("model_runs_complete")),
+                temperatures=data.get("temperatures", []))
 
 
 def main(argv=None) -> int:
