@@ -33,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "energy, NaN forces)")
     export.add_argument("--margin", type=float, default=None,
                         help="spare edge capacity with --fixed-capacity, a fraction (default 0.1)")
+    export.add_argument("--neighbor-list", default="torchscript", choices=["torchscript", "native"],
+                        help="with --fixed-capacity: the TorchScript list (default: the file runs in plain "
+                             "openmm-torch) or this package's native operator (faster; the process must load "
+                             "openmm_mace_lp.native.library_paths() first)")
     export.add_argument("-o", "--output", required=True, help="output .pt file")
     export.set_defaults(func=_export)
 
@@ -54,6 +58,8 @@ def _export(args: argparse.Namespace) -> int:
     check_cuda(args.device)
     if args.margin is not None and not args.fixed_capacity:
         raise ValueError("--margin sizes the fixed-capacity neighbour list; add --fixed-capacity.")
+    if args.neighbor_list == "native" and not args.fixed_capacity:
+        raise ValueError("--neighbor-list native is the fixed-capacity list's operator; add --fixed-capacity.")
     from .potential import check_margin
 
     check_margin(args.margin)
@@ -69,7 +75,7 @@ def _export(args: argparse.Namespace) -> int:
     path = export_to_file(
         model, args.policy, args.backend, atomic_numbers, output=args.output,
         periodic=topology.getPeriodicBoxVectors() is not None, device=args.device, energy_type=args.energy,
-        capacity=capacity,
+        capacity=capacity, neighbor_list=args.neighbor_list if capacity is not None else None,
     )
     meta = read_metadata(path)
     fixed = meta.get("neighbor_capacity")

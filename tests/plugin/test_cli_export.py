@@ -105,6 +105,8 @@ def test_fixed_capacity_export_matches_the_dynamic_one(tmp_path, tmp_path_factor
                      *extra, "-o", str(outputs[name])]) == 0
     assert read_metadata(outputs["dynamic"])["neighbor_capacity"] is None
     capacity = read_metadata(outputs["fixed"])["neighbor_capacity"]
+    # a file for plain openmm-torch: no native operator unless --neighbor-list native asks for it
+    assert read_metadata(outputs["fixed"])["neighbor_list_impl"] == "torchscript"
     positions = torch.tensor(app.PDBFile(str(pdb)).getPositions(asNumpy=True)._value)
     box = torch.tensor(system.box)
     results = {name: [t.clone() for t in torch.jit.load(str(out))(positions, box)] for name, out in outputs.items()}
@@ -125,6 +127,7 @@ def test_margin_without_fixed_capacity_is_refused(tmp_path, tmp_path_factory, ca
 
 @pytest.mark.parametrize("extra, output, message", [
     (["--fixed-capacity", "--margin", "-1"], "x.pt", "must be a finite fraction"),
+    (["--neighbor-list", "native"], "x.pt", "add --fixed-capacity"),
     ([], ".", "is a directory"),
     ([], "blocker/x.pt", "is a file, not a directory"),
 ])
