@@ -33,8 +33,9 @@ _GPU = {
 # What a CPU run of the main job can and cannot show, printed after it.
 CPU_NOTE = ("On a CPU this is a 1 ps run of 64 waters: it checks the installation and gives the "
             "temperature, potential energy and O-O RDF with their SEMs; density and diffusion need "
-            "tens of ps (a GPU). The teacher's own 1029-atom NPT reference on an H200: "
-            "benchmarks/results/closed_loop_2026-12-01_h200.md.")
+            "tens of ps (a GPU). There the embedded model is still too dense (1.133 g/cm3 at 300 K "
+            "against its AMOEBA teacher's 1.005, 1029 atoms on an H200: "
+            "benchmarks/results/closed_loop_2026-12-01_h200.md).")
 
 
 def main_config(device: str, *, model: str | None = None, policy: str = "fp32",
