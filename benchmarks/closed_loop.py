@@ -158,18 +158,18 @@ def analyse_point(run_dir: Path) -> dict:
 
 
 def run_failure(manifest: dict) -> str | None:
-    """The last line of a failed run's error (None for a run that did not fail)."""
+    """What stopped a failed run: the first sentence of its error's last line (None if it did not fail)."""
     if manifest.get("status") != "failed":
         return None
     failure = manifest.get("failure") or {}
     text = failure.get("message") if isinstance(failure, dict) else str(failure)
-    return (text or "failed").strip().splitlines()[-1]
+    return (text or "failed").strip().splitlines()[-1].split("; ")[0].split(". ")[0]
 
 
 def status_note(point: dict) -> str:
     """', failed: ...' or ', paused' after a run's production length; '' when completed."""
     if point.get("status") == "failed":
-        return f", failed: {str(point.get('failure')).split(';')[0].split('. ')[0]}"
+        return f", failed: {point.get('failure')}"
     if point.get("status") not in (None, "completed"):
         return f", {point['status']}"
     return ""
@@ -325,7 +325,8 @@ def summarize(out: Path, card: str, result: Path, teacher_results: Path | None =
         "teacher": "AMOEBA water (amoeba2018.xml), PME 0.8 nm, extrapolated polarisation",
         "timestep_fs": TIMESTEP_FS,
         "temperatures": temps,
-        "model_runs_complete": all(t["model"] is not None for t in temps) and len(temps) == len(PRODUCTION_PS),
+        "model_runs_complete": len(temps) == len(PRODUCTION_PS) and all(
+            t["model"] is not None and t["model"].get("status") == "completed" for t in temps),
         "all_targets_met": bool(temps) and all(t["checks"] and all(c["met"] for c in t["checks"].values())
                                                for t in temps),
         "sem_note": "SEM from the statistical inefficiency of each run's series after the detected "

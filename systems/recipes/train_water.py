@@ -468,8 +468,7 @@ def _status_lines(target: Target, hp: dict, errors: dict, train_seconds: float,
               if (t.get("model") or t.get("model_run") or {}).get("status") == "failed"]
     for t in failed:
         run = t.get("model") or t.get("model_run")
-        lines.append(f"- **Its NPT run at {t['temperature_K']:g} K failed**: "
-                     f"{str(run.get('failure')).split('; ')[0].split('. ')[0]}.")
+        lines.append(f"- **Its NPT run at {t['temperature_K']:g} K failed**: {run.get('failure')}.")
     if not closed_loop or not closed_loop.get("model_runs_complete"):
         lines.append("- The closed loop is incomplete: not every temperature has the model's full production run "
                      "(`benchmarks/closed_loop.py run --who model`).")
