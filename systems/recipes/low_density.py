@@ -170,13 +170,16 @@ def _label(block: str) -> str:
                         pbc=(True, True, True), forces=forces, pos_decimals=settings.position_decimals)
 
 
-def label_all(frames: list[tuple[str, str]], labels: Path, workers: int, tag: str = "low-density") -> dict[str, str]:
+def label_all(frames: list[tuple[str, str]], labels: Path, workers: int, tag: str = "low-density",
+              label=_label, initializer=None, initargs: tuple = ()) -> dict[str, str]:
+    """Labelled blocks by frame id, ``label`` applied in ``workers`` processes (each set up by
+    ``initializer(*initargs)``); frames already in ``labels`` are kept, new ones appended one by one."""
     done = {_frame_id(b): b for b in read_blocks(labels)}
     todo = [block for _, block in frames if _frame_id(block) not in done]
     print(f"[{tag}] {len(done)} labelled, {len(todo)} to label", flush=True)
     start = time.time()
-    with Pool(workers) as pool:
-        for count, block in enumerate(pool.imap(_label, todo), 1):
+    with Pool(workers, initializer=initializer, initargs=initargs) as pool:
+        for count, block in enumerate(pool.imap(label, todo), 1):
             _append_block(labels, block)
             done[_frame_id(block)] = block
             if count % 10 == 0 or count == len(todo):

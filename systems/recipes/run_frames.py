@@ -24,15 +24,14 @@ import io
 import json
 import os
 import time
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 from openmm_mace_lp.systems.recipes import teachers as T
-from openmm_mace_lp.systems.recipes.low_density import SPLITS, read_split, write_stage
+from openmm_mace_lp.systems.recipes.low_density import SPLITS, label_all, read_split, write_stage
 from openmm_mace_lp.systems.recipes.water_data import (
-    DATA_DIR, _append_block, _frame_id, _water_density, format_frame, labelled_text, read_blocks)
+    DATA_DIR, _frame_id, _water_density, format_frame, labelled_text)
 
 CONFIG_TYPE = "model_npt_periodic"
 PREFIX = "water_amoeba"
@@ -84,21 +83,6 @@ def _label(block: str) -> str:
     return labelled_text(atoms, _TEACHER.label(atoms))
 
 
-def label_blocks(blocks: list[str], labels: Path, teacher: str, workers: int) -> dict[str, str]:
-    """Labelled blocks by frame id; frames already in ``labels`` are not labelled again."""
-    done = {_frame_id(b): b for b in read_blocks(labels)}
-    todo = [b for b in blocks if _frame_id(b) not in done]
-    print(f"[run-frames] {len(done)} labelled, {len(todo)} to label ({teacher}, {workers} workers)", flush=True)
-    start = time.time()
-    with get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(teacher,)) as pool:
-        for count, block in enumerate(pool.imap(_label, todo), 1):
-            _append_block(labels, block)
-            done[_frame_id(block)] = block
-            if count % 5 == 0 or count == len(todo):
-                print(f"[run-frames] {count}/{len(todo)} in {time.time() - start:.0f} s", flush=True)
-    return done
-
-
 def parse_run(text: str) -> tuple[Path, str]:
     """``DIR:split`` -> (DIR, split)."""
     path, _, split = text.rpartition(":")
@@ -125,7 +109,8 @@ def extend(runs: list[tuple[Path, str]], data_dir: Path, workdir: Path, teacher:
         raise SystemExit("the runs hold no trajectory frames")
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    labelled = label_blocks([b for _, b in frames], workdir / "labels.extxyz", teacher, workers)
+    labelled = label_all(frames, workdir / "labels.extxyz", workers, tag="run-frames", label=_label,
+                         initializer=_init_worker, initargs=(teacher,))
     counts = {split: 0 for split in SPLITS}
     for split, block in frames:
         blocks[split].append(labelled[_frame_id(block)])

@@ -19,7 +19,7 @@ import torch
 
 from openmm_mace_lp import native
 from openmm_mace_lp.neighbors import NATIVE_LIST, TORCHSCRIPT_LIST, plan_capacity
-from tests.plugin.test_native import brute_force_pairs, cutoff_with_margin
+from tests.plugin.test_native import _triclinic, brute_force_pairs, cutoff_with_margin
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -33,12 +33,6 @@ def _cuda_kernels():
     if native.disabled_by_environment():
         pytest.skip("OPENMM_MACE_LP_NATIVE=0 turns the native operators off")
     assert native.available("cuda"), native.state().problem
-
-
-def _triclinic(rng, lengths):
-    a, b, c = lengths
-    return np.array([[a, 0, 0], [rng.uniform(-a / 2, a / 2), b, 0],
-                     [rng.uniform(-a / 2, a / 2), rng.uniform(-b / 2, b / 2), c]])
 
 
 def _clear_of_cell_faces(positions, cell, grid):

@@ -241,20 +241,21 @@ def test_non_finite_coordinates_give_non_finite_results(kind, fixed, system_name
     from .helpers import evaluate
 
     system = water_box(3) if system_name == "water" else acetamide()
+    value = np.nan if kind == "nan" else np.inf
+
+    def energy_and_forces(**inputs):
+        if fixed:
+            return _call(_module(_capacity(system), system), system, **inputs)
+        return evaluate(system, **inputs)
+
     bad = system.positions.copy()
-    bad[4, 1] = np.nan if kind == "nan" else np.inf
-    if fixed:
-        energy, forces = _call(_module(_capacity(system), system), system, positions=bad)
-    else:
-        energy, forces = evaluate(system, positions=bad)
+    bad[4, 1] = value
+    energy, forces = energy_and_forces(positions=bad)
     assert np.isnan(energy) and np.isnan(forces).all()
     if system.box is not None:
         box = system.box.copy()
-        box[2, 2] = np.nan if kind == "nan" else np.inf
-        if fixed:
-            energy, forces = _call(_module(_capacity(system), system), system, box=box)
-        else:
-            energy, forces = evaluate(system, box=box)
+        box[2, 2] = value
+        energy, forces = energy_and_forces(box=box)
         assert np.isnan(energy) and np.isnan(forces).all()
 
 
