@@ -1,8 +1,8 @@
 """Active learning from the plug-in's own NPT runs: frames of run directories, labelled by a teacher.
 
 Why: the first AMOEBA model (SHA-256 bf5cd219) reproduces its teacher's virial pressure on the
-teacher's own liquid frames to +97 +- 58 bar (test split, 1.0 g/cm^3), yet under NPT on the GPU
-(1029 atoms, 300 K, 1 bar) it compresses to ~1.13 g/cm^3 within 10 ps, where the teacher holds
+teacher's own liquid frames to +122 +- 58 bar (SEM; valid and test splits,
+benchmarks/results/energy_bias_2026-12-01_cpu.md), yet under NPT on the GPU (1029 atoms, 300 K, 1 bar) it compresses to ~1.13 g/cm^3 within 10 ps, where the teacher holds
 1.005. The dense structures it reaches lie outside the teacher's ensemble, so the data set never
 told it that they cost energy. This stage takes the configurations a model visited in its own
 ``mace-lp simulate`` runs (``trajectory.dcd`` of a run directory), labels them with the teacher
