@@ -27,7 +27,7 @@ import io
 import json
 import lzma
 import time
-from multiprocessing import Pool
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -171,14 +171,16 @@ def _label(block: str) -> str:
 
 
 def label_all(frames: list[tuple[str, str]], labels: Path, workers: int, tag: str = "low-density",
-              label=_label, initializer=None, initargs: tuple = ()) -> dict[str, str]:
+              label=_label, initializer=None, initargs: tuple = (), start_method: str | None = None) -> dict[str, str]:
     """Labelled blocks by frame id, ``label`` applied in ``workers`` processes (each set up by
-    ``initializer(*initargs)``); frames already in ``labels`` are kept, new ones appended one by one."""
+    ``initializer(*initargs)``, started by ``start_method``: "spawn" where the parent may hold
+    threads, e.g. OpenMM's or torch's, that a fork would copy mid-lock); frames already in
+    ``labels`` are kept, new ones appended one by one."""
     done = {_frame_id(b): b for b in read_blocks(labels)}
     todo = [block for _, block in frames if _frame_id(block) not in done]
     print(f"[{tag}] {len(done)} labelled, {len(todo)} to label", flush=True)
     start = time.time()
-    with Pool(workers, initializer=initializer, initargs=initargs) as pool:
+    with get_context(start_method).Pool(workers, initializer=initializer, initargs=initargs) as pool:
         for count, block in enumerate(pool.imap(label, todo), 1):
             _append_block(labels, block)
             done[_frame_id(block)] = block

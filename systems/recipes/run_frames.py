@@ -110,7 +110,7 @@ def extend(runs: list[tuple[Path, str]], data_dir: Path, workdir: Path, teacher:
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     labelled = label_all(frames, workdir / "labels.extxyz", workers, tag="run-frames", label=_label,
-                         initializer=_init_worker, initargs=(teacher,))
+                         initializer=_init_worker, initargs=(teacher,), start_method="spawn")
     counts = {split: 0 for split in SPLITS}
     for split, block in frames:
         blocks[split].append(labelled[_frame_id(block)])
