@@ -29,6 +29,11 @@ through ``MLPotential("mace-lp", ...)`` on OpenMM's CUDA platform (mixed precisi
   (``eager_mace_ms``) and the same model converted to cuEquivariance, eager
   (``eager_cueq_mace_ms``).
 
+- ``neighbor_list``: the list the row's export built (``--neighbor-lists``: ``default`` is the
+  export's choice for the device, ``native`` this package's ``mace_lp::cell_list``, ``torchscript``
+  the TorchScript cell list; a named list is always the fixed-capacity one, so the two are timed
+  like for like). The native CUDA kernel becomes the CUDA default only once a row shows it no
+  slower.
 - FastMACE's own NVT MD (``--fastmace``, on by default when ``import fastmace`` works and the run
   is on a CUDA device; ``--no-fastmace`` skips it; ``--smoke --fastmace`` runs its CPU plan as a
   dry run of the harness) on the same model file and the same box: its
@@ -64,7 +69,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -112,6 +117,9 @@ class BenchSettings:
     fastmace: Optional[bool] = False
     # One FastMACE case (setup 70-95 s on an H200 for MACE-OFF24(M), then the timed steps).
     fastmace_timeout_s: float = 900.0
+    # Neighbour lists to time ("native", "torchscript", None: the export's default for the
+    # device): the native CUDA kernel becomes the default only once it is measured no slower.
+    neighbor_lists: List[Optional[str]] = field(default_factory=lambda: [None])
     # Both engines' thermostat: LangevinMiddle (OpenMM) and FastMACE's Langevin.
     temperature_K: float = 300.0
     friction_per_ps: float = 1.0
@@ -430,16 +438,27 @@ def _eager_columns(reference: Optional[Dict[str, object]]) -> Dict[str, float]:
             "eager_cueq_mace_ms": reference.get("eager_cueq_ms", float("nan"))}
 
 
+def row_neighbor_list(choice: Optional[str], device: str, graphs: bool) -> str:
+    """The list a row's export uses. A named list is the fixed-capacity one even without CUDA
+    graphs (the native list has only that form), so that the two are timed like for like."""
+    from .neighbors import resolve_neighbor_list_impl
+
+    return resolve_neighbor_list_impl(choice, device, graphs or choice is not None)
+
+
 def bench_row(settings: BenchSettings, model_path: str, structure, backend: str, policy: str, graphs: bool,
-              references: References, anchor: Optional[Dict[str, object]]) -> Dict[str, object]:
+              references: References, anchor: Optional[Dict[str, object]],
+              neighbor_list: Optional[str] = None) -> Dict[str, object]:
     from openmmml import MLPotential
 
     numbers = [a.element.atomic_number for a in structure.topology.atoms()]
-    row: Dict[str, object] = {"atoms": len(numbers), "backend": backend, "policy": policy, "cuda_graphs": graphs}
+    row: Dict[str, object] = {"atoms": len(numbers), "backend": backend, "policy": policy, "cuda_graphs": graphs,
+                              "neighbor_list": row_neighbor_list(neighbor_list, settings.device, graphs)}
     started = time.perf_counter()
     potential = MLPotential("mace-lp", modelPath=model_path, policy=policy, backend=backend)
     system = potential.createSystem(structure.topology, device=settings.device, cudaGraphs=graphs,
-                                    positions=structure.positions)
+                                    positions=structure.positions, neighborList=neighbor_list,
+                                    fixedNeighborList=True if neighbor_list is not None else None)
     result = run_md(system, structure, settings, started)
     forces = result.pop("forces")
     reference = references.at(result.pop("held_positions_nm"))
@@ -845,10 +864,12 @@ def run_bench(settings: BenchSettings) -> dict:
         for backend in settings.backends:
             for policy in settings.policies:
                 for graphs in settings.graphs:
-                    _recorded(report, settings,
-                              lambda: bench_row(settings, model_path, structure, backend, policy, graphs, references,
-                                                anchor),
-                              {"atoms": len(numbers), "backend": backend, "policy": policy, "cuda_graphs": graphs})
+                    for neighbor_list in settings.neighbor_lists:
+                        _recorded(report, settings,
+                                  lambda: bench_row(settings, model_path, structure, backend, policy, graphs,
+                                                    references, anchor, neighbor_list),
+                                  {"atoms": len(numbers), "backend": backend, "policy": policy, "cuda_graphs": graphs,
+                                   "neighbor_list": neighbor_list or "default"})
     return report
 
 
@@ -879,7 +900,8 @@ def _recorded(report: dict, settings: BenchSettings, measure: Callable[[], dict]
 
 
 def format_row(row: dict) -> str:
-    head = f"[{row['atoms']} atoms] {row['backend']:13s} {row.get('policy', ''):6s} graphs={row.get('cuda_graphs', '')!s:5s}"
+    head = (f"[{row['atoms']} atoms] {_backend_cell(row):13s} {row.get('policy', ''):6s} "
+            f"graphs={row.get('cuda_graphs', '')!s:5s}")
     if "error" in row:
         return f"{head} FAILED\n{row['error']}"
     versus = "" if row.get("speedup_vs_fastmace") is None else f"  x{row['speedup_vs_fastmace']:5.2f} vs FastMACE"
@@ -907,6 +929,12 @@ def _cell(row: dict, key: str, fmt: str) -> str:
 def _tiled(row: dict) -> str:
     base = row.get("reference_tiled_from_atoms")
     return "" if base is None else f" (tiled {base})"
+
+
+def _backend_cell(row: dict) -> str:
+    """The backend, and the neighbour list where it is this package's native operator."""
+    native = row.get("neighbor_list") == "native"
+    return f"{row['backend']} (native list)" if native else str(row["backend"])
 
 
 def _eager_cells(row: dict) -> str:
@@ -954,14 +982,14 @@ def markdown_table(report: dict) -> str:
              "|" + " --- |" * len(TABLE_COLUMNS)]
     for row in report["rows"]:
         if "error" in row:
-            lines.append(f"| {row['atoms']} | {row['backend']} | {row.get('policy', '')} | "
+            lines.append(f"| {row['atoms']} | {_backend_cell(row)} | {row.get('policy', '')} | "
                          f"{row.get('cuda_graphs', '')} | failed: {row['error'].strip().splitlines()[-1][:80]} |"
                          + " |" * (len(TABLE_COLUMNS) - 5))
             continue
         ratio = row["ms_per_step"] / row["gpu_kernel_ms"] if row.get("gpu_kernel_ms") else None
         mb_per_atom = row["peak_gib"] * 1024 / row["atoms"] if row.get("peak_gib") == row.get("peak_gib") else None
         lines.append(
-            f"| {row['atoms']} | {row['backend']} | {row['policy']} | {'yes' if row.get('cuda_graphs') else 'no'} | "
+            f"| {row['atoms']} | {_backend_cell(row)} | {row['policy']} | {'yes' if row.get('cuda_graphs') else 'no'} | "
             f"{row['ms_per_step']:.2f} | {row['ns_per_day']:.3f} | {_cell(row, 'gpu_kernel_ms', '.2f')} | "
             f"{_cell(row, 'module_replay_ms', '.2f')} | {'' if ratio is None else format(ratio, '.2f')} | "
             f"{_cell(row, 'speedup_vs_anchor', '.2f')} | {_fastmace_cells(row)} | {_eager_cells(row)} | "
@@ -978,6 +1006,9 @@ def register(subparsers) -> None:
     parser.add_argument("--backends", default="cueq-fused,cueq",
                         help="comma-separated: cueq-fused (what auto picks), cueq, e3nn")
     parser.add_argument("--graphs", default="on,off", help="CUDA-graph settings to measure: on, off or on,off")
+    parser.add_argument("--neighbor-lists", default="default",
+                        help="comma-separated: default (the export's choice for the device), native (this "
+                             "package's mace_lp::cell_list, fixed capacity), torchscript")
     parser.add_argument("--dt-fs", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=3.0, help="timed MD seconds per row")
     parser.add_argument("--no-anchor", action="store_true", help="skip openmm-ml 1.8's MACE")
@@ -1008,11 +1039,16 @@ def _run_command(args) -> int:
         raise ValueError(f"--graphs {args.graphs!r}: use on, off or on,off.")
     if device == "cpu":
         graphs = [False]  # CUDA graphs need CUDA
+    neighbor_lists = [None if name == "default" else name for name in args.neighbor_lists.split(",")]
+    unknown = [name for name in neighbor_lists if name not in (None, "native", "torchscript")]
+    if unknown:
+        raise ValueError(f"--neighbor-lists {args.neighbor_lists!r}: {unknown[0]!r} is not one; use default, "
+                         f"native and/or torchscript, comma-separated.")
     settings = BenchSettings(atoms=args.atoms, policies=args.policies.split(","), backends=args.backends.split(","),
                              graphs=graphs, dt_fs=args.dt_fs, out=Path(args.out),
                              architecture="tiny" if args.smoke else args.architecture, device=device,
                              anchor=not args.no_anchor, seconds_per_row=min(0.5, args.seconds) if args.smoke else args.seconds,
-                             model=args.model, fastmace=args.fastmace)
+                             model=args.model, fastmace=args.fastmace, neighbor_lists=neighbor_lists)
     if args.smoke:  # the harness, not the numbers: a short anchor
         settings.anchor_min_steps, settings.min_blocks, settings.eager_repeats = 10, 3, 2
     print(write_report(run_bench(settings), settings.out))

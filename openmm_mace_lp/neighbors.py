@@ -302,9 +302,11 @@ def resolve_neighbor_list_impl(requested: Optional[str], device_type: str, fixed
     TorchScript only.
 
     Proven: the CPU kernel equals the TorchScript list bit for bit in the CPU tests. The CUDA
-    kernels compile (nvcc 13) and pass those comparisons under a host emulation, but have not yet
-    run on a GPU, so CUDA exports keep the TorchScript list unless ``neighbor_list='native'`` asks
-    for them (``tests/gpu/test_native_gpu.py`` is the check that moves them into the default)."""
+    kernels pass the same comparisons and CUDA-graph replay on an H200
+    (``tests/gpu/test_native_gpu.py``, benchmarks/results/gpu_tests_2026-12-01_h200.md), but their
+    speed inside a step has not been measured yet, so CUDA exports keep the TorchScript list unless
+    ``neighbor_list='native'`` asks for them; a ``mace-lp bench`` row that shows them no slower
+    moves them into the default."""
     from . import native
 
     if requested is not None and requested not in NEIGHBOR_LIST_IMPLS:

@@ -174,9 +174,13 @@ class MACELPPotentialImpl(MLPotentialImpl):
                   forceGroup: int, device: Optional[str] = None, returnEnergyType: str = "interaction_energy",
                   platform: Optional[str] = None, cudaGraphs: Optional[bool] = None, positions=None,
                   neighborMargin: Optional[float] = None, fixedNeighborList: Optional[bool] = None,
+                  neighborList: Optional[str] = None,
                   scale_parameter: Optional[Tuple[str, float]] = None, **args) -> None:
         """Export the module for these atoms and add its TorchForce to ``system``.
 
+        ``neighborList``: "native" (this package's ``mace_lp::cell_list`` operator), "torchscript",
+        or None for the native one where it is the default (``neighbors.resolve_neighbor_list_impl``);
+        it chooses the fixed-capacity list, so "native" needs ``fixedNeighborList`` or CUDA graphs.
         ``scale_parameter`` (name, default): the force's energy and forces are multiplied by
         that global parameter of the Context."""
         import torch
@@ -214,13 +218,14 @@ class MACELPPotentialImpl(MLPotentialImpl):
         if graphs and not fixed:
             raise ValueError("cudaGraphs=True needs the fixed-capacity neighbour list (a CUDA graph "
                              "cannot change shape); pass fixedNeighborList=True, or cudaGraphs=False.")
+        check_neighbor_list_choice(neighborList, fixed)
         capacity = None
         if fixed:
             capacity = neighbor_capacity(model_path, topology, system, indices, positions, neighborMargin)
         path = export_to_file(
             model_path, self.policy, self.backend, atomic_numbers, atom_indices=indices,
             num_atoms_total=len(all_atoms), periodic=periodic, device=device, energy_type=returnEnergyType,
-            capacity=capacity, scaled=scale_parameter is not None,
+            capacity=capacity, scaled=scale_parameter is not None, neighbor_list=neighborList,
         )
         if KNOWN_MODELS.get(self.name) is not None:
             logger.warning("%s is distributed under the %s licence: no commercial use.", self.name,
@@ -348,7 +353,19 @@ def _nm(value):
 
 # Keywords of createSystem/createMixedSystem that reach this plug-in (openmm-ml takes its own).
 CREATE_SYSTEM_KEYWORDS = ("device", "returnEnergyType", "platform", "cudaGraphs", "positions", "neighborMargin",
-                          "fixedNeighborList")
+                          "fixedNeighborList", "neighborList")
+
+
+def check_neighbor_list_choice(choice: Optional[str], fixed: bool) -> None:
+    """Refuse a neighbour-list choice the export could not honour, in createSystem's own words."""
+    from .neighbors import NATIVE_LIST, NEIGHBOR_LIST_IMPLS
+
+    if choice is not None and choice not in NEIGHBOR_LIST_IMPLS:
+        raise ValueError(f"neighborList={choice!r} is not a neighbour list; use one of "
+                         f"{', '.join(repr(c) for c in NEIGHBOR_LIST_IMPLS)}, or leave it unset.")
+    if choice == NATIVE_LIST and not fixed:
+        raise ValueError("neighborList='native' is the fixed-capacity list: pass fixedNeighborList=True "
+                         "(CUDA graphs imply it), or leave neighborList unset.")
 
 
 def refuse_unknown_keywords(args: dict, known: Iterable[str], where: str) -> None:

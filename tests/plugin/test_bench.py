@@ -105,7 +105,8 @@ def test_bench_checks_a_tiled_box_against_the_small_boxs_reference(tmp_path):
 def test_bench_times_the_embedded_model_and_says_why_fastmace_is_missing(tmp_path):
     """``--model default``: every row names the embedded model file and its SHA-256 (hashed here
     independently), and so does the table's header. Without FastMACE (not installed here, or
-    not timed on the CPU) the FastMACE columns are None and carry the reason, which the table shows."""
+    not timed on the CPU) the FastMACE columns are None and carry the reason, which the table shows.
+    ``--neighbor-lists torchscript,native``: a row per (fixed-capacity) list, named by the list its export used."""
     import hashlib
 
     from openmm_mace_lp.model_files import default_model_path
@@ -114,10 +115,16 @@ def test_bench_times_the_embedded_model_and_says_why_fastmace_is_missing(tmp_pat
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     out = tmp_path / "bench.json"
     assert main(["bench", "--smoke", "--model", "default", "--atoms", "81", "--policies", "fp32", "--backends",
-                 "e3nn", "--no-anchor", "--seconds", "0.05", "-o", str(out)]) == 0
+                 "e3nn", "--no-anchor", "--neighbor-lists", "torchscript,native", "--seconds", "0.05",
+                 "-o", str(out)]) == 0
     report = json.loads(out.read_text())
-    (row,) = report["rows"]
-    assert "error" not in row, row.get("error")
+    row, native_row = report["rows"]
+    assert "error" not in row and "error" not in native_row, (row.get("error"), native_row.get("error"))
+    # One row per neighbour list, named by the list its export used; both are the fixed-capacity
+    # list, and the native CPU one gives the TorchScript one's edges in its order, so the forces
+    # (and their error) are the same bits.
+    assert (row["neighbor_list"], native_row["neighbor_list"]) == ("torchscript", "native")
+    assert native_row["force_rel_err_vs_fp64_eager"] == row["force_rel_err_vs_fp64_eager"]
     assert row["model"] == path.name and row["model_sha256"] == digest
     assert report["model_file"] == {"name": path.name, "sha256": digest}
     # The embedded model at fp32 against its own float64 evaluation.
@@ -130,6 +137,7 @@ def test_bench_times_the_embedded_model_and_says_why_fastmace_is_missing(tmp_pat
     assert f"{path.name} (SHA-256 {digest[:8]})" in table
     assert f"FastMACE: not measured ({reason})" in table
     assert f"| n/a: {reason[:20]}" in table
+    assert "| 81 | e3nn (native list) | fp32 |" in table and "| 81 | e3nn | fp32 |" in table
 
 
 def test_fastmace_availability_names_why_it_cannot_run():
@@ -255,8 +263,8 @@ def test_fastmace_forces_are_compared_in_its_units_at_its_positions(tmp_path_fac
 
 
 def test_bench_refuses_a_bad_model_before_writing_anything(tmp_path, capsys):
-    """A missing file, a folder, or a model without water's elements: one line that names the
-    problem and the fix, and no results file."""
+    """A missing file, a folder, a model without water's elements, or a misspelt neighbour list:
+    one line that names the problem and the fix, and no results file."""
     import dataclasses
 
     from openmm_mace_lp.systems.architectures import TINY, build_mace, save_model
@@ -268,4 +276,7 @@ def test_bench_refuses_a_bad_model_before_writing_anything(tmp_path, capsys):
                            (carbon_only, "has no element(s) [8]")):
         assert main(["bench", "--smoke", "--model", str(model), "--atoms", "81", "-o", str(out)]) == 1
         assert message in capsys.readouterr().err
+    assert main(["bench", "--smoke", "--neighbor-lists", "natve", "--atoms", "81", "-o", str(out)]) == 1
+    assert "'natve' is not one; use default, native and/or torchscript" in capsys.readouterr().err
     assert not out.exists() and not out.with_suffix(".md").exists()
+

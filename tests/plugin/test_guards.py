@@ -280,6 +280,8 @@ def test_a_misspelt_keyword_is_refused_with_a_suggestion(make):
     (dict(platform="Metal"), "not an OpenMM platform"),
     (dict(fixedNeighborList=True, neighborMargin=-0.5), "neighborMargin"),
     (dict(fixedNeighborList=True, neighborMargin=float("nan")), "neighborMargin"),
+    (dict(fixedNeighborList=True, neighborList="cells"), "neighborList='cells' is not a neighbour list"),
+    (dict(fixedNeighborList=False, neighborList="native"), "pass fixedNeighborList=True"),
 ])
 def test_bad_create_system_values_are_refused(kwargs, message):
     system = water_box(1)

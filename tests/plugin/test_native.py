@@ -320,3 +320,23 @@ def test_library_built_for_another_torch_is_not_loaded(tmp_path):
     assert state.loaded == {}
     assert "built against torch 1.13.0" in state.problem and torch.__version__ in state.problem
     assert "\n" not in state.problem
+
+
+def test_create_system_takes_the_neighbor_list_choice(tmp_path_factory):
+    """``createSystem(neighborList=...)`` reaches the export: on the CPU the fixed list is native
+    by default and TorchScript when asked for, and the metadata of the file the TorchForce runs says so."""
+    from openmmml import MLPotential
+
+    from openmm_mace_lp.bench import exported_module_path
+    from openmm_mace_lp.export import read_metadata
+
+    from .helpers import model_file, water_box
+
+    system = water_box(2)
+    path = model_file(tmp_path_factory.getbasetemp())
+    used = {}
+    for choice in (None, TORCHSCRIPT_LIST):
+        omm = MLPotential("mace-lp", modelPath=str(path), policy="fp64", backend="e3nn").createSystem(
+            system.topology, device="cpu", fixedNeighborList=True, positions=system.positions, neighborList=choice)
+        used[choice] = read_metadata(exported_module_path(omm))["neighbor_list_impl"]
+    assert used == {None: NATIVE_LIST, TORCHSCRIPT_LIST: TORCHSCRIPT_LIST}

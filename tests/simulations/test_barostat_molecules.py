@@ -1,7 +1,6 @@
 """barostat.scale_molecules: the barostat sees waters, and the energy does not change."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from openmm_mace_lp.simulations.openmm_setup import create_system
 from openmm_mace_lp.simulations.structure import load_structure
 
 from sim_helpers import tiny_config
+from tests.benchmark_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,10 +49,7 @@ def test_molecule_bonds_give_the_barostat_molecules_and_no_energy(tiny_model):
 
 
 def _barostat_benchmark():
-    spec = importlib.util.spec_from_file_location("barostat_molecules", ROOT / "benchmarks" / "barostat_molecules.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("barostat_molecules")
 
 
 def test_acceptance_from_a_volume_series_once_per_trial():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import io
 import json
 import logging
@@ -36,6 +35,7 @@ from openmm_mace_lp.simulations.campaign import (
 from openmm_mace_lp.simulations.rundir import RunDirectory
 from openmm_mace_lp.simulations.run import RunHooks
 from sim_helpers import tiny_config, tiny_settings
+from tests.benchmark_scripts import load_benchmark
 
 # The workers cannot import this test module: send its reporters by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -354,17 +354,8 @@ def test_slurm_job_asks_for_one_gpu_and_pauses_before_its_wall_time():
 # ----------------------------------------------------------------------------- the packing benchmark
 
 
-def load_benchmark():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "campaign_packing.py"
-    spec = importlib.util.spec_from_file_location("campaign_packing", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["campaign_packing"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_packing_window_throughput_by_hand():
-    bench = load_benchmark()
+    bench = load_benchmark("campaign_packing")
     # Run a steps 0..100 over t = 0..10 s, run b steps 0..50 over t = 2..12 s: both step in 2..10 s,
     # a makes 80 steps there and b 40; 120 steps x 1 fs = 1.2e-4 ns in 8 s.
     a = [(0.0, 0), (10.0, 100)]
@@ -379,7 +370,7 @@ def test_packing_window_throughput_by_hand():
 
 
 def test_packing_benchmark_smoke(client, tmp_path):
-    bench = load_benchmark()
+    bench = load_benchmark("campaign_packing")
     out = tmp_path / "packing.json"
     assert bench.main(["--smoke", "--scheduler", client.scheduler_info()["address"], "-o", str(out)]) == 0
     record = json.loads(out.read_text())
