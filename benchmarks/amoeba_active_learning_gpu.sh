@@ -1,55 +1,72 @@
 #!/usr/bin/env bash
-# Rounds of active learning for the embedded AMOEBA water model, in one GPU-node call: continue
-# training from the newest model on the current data set (train_water.py, mace's
-# --foundation_model), run that model's NPT at 260/300/350 K (closed_loop.py's recipe, three runs
-# side by side) for SAMPLE_MIN minutes, label every frame they made with the teacher on the node's
-# cores (run_frames.py: 300 and 260 K into train, 350 K into valid) and go again, until END_S
-# seconds after the start. Why: the shipped model and one such round both compress the liquid
+# One round of active learning for the embedded AMOEBA water model, in one GPU-node call.
+# Why: the shipped model and one such round both compress the liquid
 # (benchmarks/results/closed_loop_2026-12-01_h200*.md) because they give their own dense
-# structures too low an energy (energy_bias_2026-12-01_cpu.md); each round shows the model
-# the structures it reached. A run that collapses still leaves the frames before it failed.
+# structures too low an energy (energy_bias_2026-12-01_cpu.md); each round shows the model the
+# structures it reached. The small model is launch-bound, so training and MD share the card:
 #
-#   source .gpu/env.sh && FROM_MODEL=systems/models/candidates/mace-water-amoeba-a1409bd5.model \
+#   A  (side by side) train NEXT from FROM_MODEL on the current data set for EPOCHS epochs
+#      (train_water.py, mace's --foundation_model), while FROM_MODEL runs its own NPT at 300 and
+#      260 K for SAMPLE_MIN minutes (closed_loop.py's recipe, 1 ps of equilibration so that the
+#      frames show its way from the teacher's density to its own) and the node's cores label
+#      those frames with the teacher (run_frames.py, into train) as soon as the runs stop;
+#   B  NEXT runs NPT at 300, 260 and 350 K for the time left before END_S seconds: its density
+#      trend, and frames to label on any machine afterwards (run_frames.py).
+#
+#   source .gpu/env.sh && FROM_MODEL=systems/models/mace-water-amoeba.model \
 #       bash benchmarks/amoeba_active_learning_gpu.sh
 #
-# Everything lands under build/active_learning/round<k>/ and, packed, in $OUT: the data set
-# (systems/data/water_amoeba_*), each round's model, card, errors and run directories. Copy the
-# data set and the best round's model back, then run the closed loop on it.
+# Everything lands under build/active_learning/ and, packed, in $OUT/active_learning.tar.xz:
+# the data set with the new labels ($dir/data/water_amoeba_*), NEXT with its card and errors, and both stages'
+# run directories without checkpoints.
 set -uo pipefail
 OUT=${OUT:-build/out}; mkdir -p "$OUT" build/active_learning
-END_S=${END_S:-540}; EPOCHS=${EPOCHS:-16}; SAMPLE_MIN=${SAMPLE_MIN:-1.5}
-model=${FROM_MODEL:-systems/models/mace-water-amoeba.model}
+END_S=${END_S:-540}; EPOCHS=${EPOCHS:-24}; SAMPLE_MIN=${SAMPLE_MIN:-3}; STRIDE=${STRIDE:-2}
+# model_npt_periodic frames are where the model was wrong and ~10 % of the frames: weigh them twice.
+WEIGHTS=${WEIGHTS:-'{"Default":1.0,"rattled_periodic":0.1,"rattled_cluster":0.1,"close_contact":0.1,"model_npt_periodic":2.0}'}
+from=${FROM_MODEL:-systems/models/mace-water-amoeba.model}
+dir=build/active_learning
+# The labels go to a copy of the data set, so that NEXT's card names the set it was trained on;
+# copy $dir/data/* to systems/data/ afterwards.
+rm -rf "$dir/data" && cp -r systems/data "$dir/data"
 t0=$(date +%s); stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 elapsed() { echo $(( $(date +%s) - t0 )); }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-round=1
-# A round takes ~3 min of training, SAMPLE_MIN of MD and ~0.5 min of labels: start one only if it fits.
-while [ $(( $(elapsed) + 270 )) -lt "$END_S" ]; do
-  dir=build/active_learning/round$round
-  python3 -m openmm_mace_lp.systems.recipes.train_water --device cuda --epochs "$EPOCHS" \
-    --set "foundation_model=$PWD/$model" --set multiheads_finetuning=False --set lr=0.005 \
-    --work-dir "$dir/train" --models-dir "$dir/models" > "$dir.train.log" 2>&1
-  stamp "round $round: train exit $? $(grep '^test:' "$dir.train.log")"
-  [ -f "$dir/models/mace-water-amoeba.model" ] || break
-  model=$dir/models/mace-water-amoeba.model
-  python3 benchmarks/closed_loop.py run -o "$dir/npt" --who model --model "$PWD/$model" \
-    --max-minutes "$SAMPLE_MIN" > "$dir.npt.log" 2>&1
-  runs=()
-  for t in 300 260 350; do
-    run=$dir/npt/model_${t}K
-    split=train; [ "$t" = 350 ] && split=valid
-    python3 -c "import json;m=json.load(open('$run/manifest.json'));print('$run', m['status'], m.get('steps_completed'))" 2>/dev/null
-    # a run that failed before its first production frame has no trajectory to learn from
-    [ -s "$run/trajectory.dcd" ] && [ "$(stat -c %s "$run/trajectory.dcd")" -gt 400 ] && runs+=("$run:$split")
+
+runs_with_frames() {  # RUN_DIR:SPLIT for each run of $1 (stage dir) that wrote production frames
+  local stage=$1; shift
+  for t in "$@"; do
+    local run=$stage/model_${t}K split=train
+    [ "$t" = 350 ] && split=valid
+    python3 -c "import json;m=json.load(open('$run/manifest.json'));print('$run', m['status'], m.get('steps_completed'))" >&2 2>/dev/null
+    [ -s "$run/trajectory.dcd" ] && [ "$(stat -c %s "$run/trajectory.dcd")" -gt 400 ] && echo "$run:$split"
   done
-  if [ ${#runs[@]} -gt 0 ]; then
-    OMP_NUM_THREADS=1 python3 -m openmm_mace_lp.systems.recipes.run_frames "${runs[@]}" --workers "$(nproc)" \
-      --workdir "$dir/labels" > "$dir.labels.log" 2>&1
-    stamp "round $round: labels exit $? $(tail -1 "$dir.labels.log")"
-  fi
-  round=$((round + 1))
-done
-stamp "rounds done"
-tar --exclude="*/checkpoints" --exclude="*.xml" -cJf "$OUT/active_learning.tar.xz" systems/data/water_amoeba_* build/active_learning/*.log \
-  build/active_learning/round*/models build/active_learning/round*/npt 2>/dev/null
+}
+
+python3 -m openmm_mace_lp.systems.recipes.train_water --device cuda --epochs "$EPOCHS" \
+  --set "foundation_model=$PWD/$from" --set multiheads_finetuning=False --set lr=0.005 \
+  --set "config_type_weights=$WEIGHTS" \
+  --work-dir "$dir/train" --models-dir "$dir/models" > "$dir/train.log" 2>&1 &
+train_pid=$!
+python3 benchmarks/closed_loop.py run -o "$dir/sample_from" --who model --model "$PWD/$from" \
+  --temperatures 300,260 --equilibration-ps 1 --max-minutes "$SAMPLE_MIN" > "$dir/sample_from.log" 2>&1
+stamp "A: sampling of $from done"
+mapfile -t runs < <(runs_with_frames "$dir/sample_from" 300 260)
+if [ ${#runs[@]} -gt 0 ]; then
+  OMP_NUM_THREADS=1 python3 -m openmm_mace_lp.systems.recipes.run_frames "${runs[@]}" --stride "$STRIDE" --data-dir "$dir/data" \
+    --workers $(( $(nproc) - 2 )) --workdir "$dir/labels_from" > "$dir/labels_from.log" 2>&1
+  stamp "A: labels exit $? $(tail -1 "$dir/labels_from.log")"
+fi
+wait "$train_pid"; stamp "A: train exit $? $(grep '^test:' "$dir/train.log")"
+tar -cJf "$OUT/active_learning.tar.xz" "$dir"/data/water_amoeba_* "$dir"/*.log "$dir/models" 2>/dev/null
+next=$dir/models/mace-water-amoeba.model
+left_min=$(python3 -c "print(round(($END_S - $(elapsed) - 30) / 60, 2))")
+if [ -f "$next" ] && python3 -c "import sys; sys.exit(not $left_min >= 1.0)"; then
+  python3 benchmarks/closed_loop.py run -o "$dir/sample_next" --who model --model "$PWD/$next" \
+    --equilibration-ps 1 --max-minutes "$left_min" > "$dir/sample_next.log" 2>&1
+  stamp "B: sampling of the new model done ($left_min min)"
+  runs_with_frames "$dir/sample_next" 300 260 350 >/dev/null
+fi
+tar --exclude="*/checkpoints" --exclude="*.xml" -cJf "$OUT/active_learning.tar.xz" "$dir"/data/water_amoeba_* \
+  "$dir"/*.log "$dir/models" "$dir"/sample_* "$dir"/labels_*/*.log 2>/dev/null
 ls -la "$OUT"; stamp packed

@@ -54,7 +54,8 @@ class Point:
         return f"{self.who}_{self.temperature_K:g}K"
 
 
-def config_text(point: Point, production_ps: float, model: str, platform: str) -> str:
+def config_text(point: Point, production_ps: float, model: str, platform: str,
+                equilibration_ps: float = EQUILIBRATION_PS) -> str:
     """The recipe's TOML for one run (teacher and model differ only in [model])."""
     steps_per_ps = round(1000.0 / TIMESTEP_FS)
     trajectory_interval = 500 if point.temperature_K == 300.0 else 1000
@@ -79,7 +80,7 @@ interval_steps = 25
 [run]
 seed = 1
 minimize = true
-equilibration_steps = {round(EQUILIBRATION_PS * steps_per_ps)}
+equilibration_steps = {round(equilibration_ps * steps_per_ps)}
 production_steps = {round(production_ps * steps_per_ps)}
 
 [output]
@@ -93,13 +94,14 @@ name = "{platform}"
 """
 
 
-def run_points(out: Path, points: list[Point], model: str, platform: str, max_minutes: float | None) -> int:
+def run_points(out: Path, points: list[Point], model: str, platform: str, max_minutes: float | None,
+               equilibration_ps: float = EQUILIBRATION_PS) -> int:
     """Start or resume every point as its own ``mace-lp simulate`` process; wait for all."""
     out.mkdir(parents=True, exist_ok=True)
     processes = []
     for point in points:
         config = out / f"{point.name}.toml"
-        config.write_text(config_text(point, PRODUCTION_PS[point.temperature_K], model, platform))
+        config.write_text(config_text(point, PRODUCTION_PS[point.temperature_K], model, platform, equilibration_ps))
         run_dir = out / point.name
         command = [sys.executable, "-m", "openmm_mace_lp.cli", "simulate", "npt", str(config), "-o", str(run_dir),
                    "--quiet"]
@@ -353,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--model", default="default", help="MACE model file (default: the embedded model)")
     run.add_argument("--platform", default="CUDA")
     run.add_argument("--max-minutes", type=float, default=None)
+    run.add_argument("--equilibration-ps", type=float, default=EQUILIBRATION_PS,
+                     help="equilibration before the trajectory starts; active learning samples with ~1 ps so "
+                          "that the frames show the model's way from the teacher's density to its own")
     summ = sub.add_parser("summarize", help="analyse the runs and write the result files")
     summ.add_argument("out", type=Path)
     summ.add_argument("--card", required=True, help='the GPU the runs used, e.g. "NVIDIA H200"')
@@ -367,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--temperatures: {unknown} not in {sorted(PRODUCTION_PS)}")
         points = [Point(who, t) for who in args.who.split(",") for t in temperatures]
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
-        return 1 if run_points(args.out, points, args.model, args.platform, args.max_minutes) else 0
+        return 1 if run_points(args.out, points, args.model, args.platform, args.max_minutes,
+                              args.equilibration_ps) else 0
     summarize(args.out, args.card, args.result, args.teacher_results)
     return 0
 

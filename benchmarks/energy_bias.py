@@ -34,6 +34,15 @@ BAR_PER_EV_A3 = 1.602176634e6
 AMU_PER_A3_IN_G_CM3 = 1.66053906660
 
 
+def frame_kind(info: dict) -> str:
+    """The config type, and for a model's own NPT frames which model sampled them: each round of
+    active learning adds its model's frames, and a model's error on its own structures (not yet
+    learnt) is the number that predicts its density."""
+    kind = str(info["config_type"])
+    sampler = info.get("sampling_model_sha256")
+    return f"{kind} ({str(sampler)[:8]} runs)" if sampler else kind
+
+
 def model_errors(model_path: Path, frames: list) -> list[dict]:
     """Per frame: config type, density, energy error (meV/atom), virial-pressure error (bar)."""
     import mace  # noqa: F401  (before e3nn)
@@ -50,7 +59,7 @@ def model_errors(model_path: Path, frames: list) -> list[dict]:
         copy.calc = calculator
         energy_error = (copy.get_potential_energy() - float(atoms.info["REF_energy"])) / len(atoms)
         stress_error = np.asarray(copy.get_stress(voigt=True)) - np.asarray(atoms.info["REF_stress"])
-        rows.append(dict(config_type=atoms.info["config_type"],
+        rows.append(dict(config_type=frame_kind(atoms.info),
                          density_g_cm3=float(atoms.get_masses().sum() / atoms.get_volume() * AMU_PER_A3_IN_G_CM3),
                          energy_error_meV_per_atom=1e3 * energy_error,
                          pressure_error_bar=float(-stress_error[:3].mean() * BAR_PER_EV_A3)))

@@ -394,6 +394,7 @@ def model_card(target: Target, hp: dict, errors: dict, manifest: dict | None, co
                   f"valid {c['valid']['frames']} ({c['valid']['atoms']}), "
                   f"test {c['test']['frames']} ({c['test']['atoms']})."]
     lines += _sampled_stage_lines(manifest or {}, errors["model_sha256"])
+    lines += _lineage_lines(hp)
     lines += [f"- Licence: {licence}", "", "## Architecture and training", "| option | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in hp.items()]
     lines += [
@@ -424,6 +425,18 @@ def model_card(target: Target, hp: dict, errors: dict, manifest: dict | None, co
                   "", f"Source: `benchmarks/results/{closed_loop.get('file', '')}` ({closed_loop.get('card', '')})."]
     lines += ["", "## Known limits", *limit_lines, ""]
     return "\n".join(lines)
+
+
+def _lineage_lines(hp: dict) -> list[str]:
+    """Which model training continued from (mace's ``--foundation_model``): earlier models leave
+    the tree when they are superseded, so the card names the file; git history and
+    ``benchmarks/results/closed_loop_*`` keep them."""
+    start = hp.get("foundation_model")
+    if not start:
+        return []
+    return [f"- Training continued from `{Path(str(start)).name}` (mace `--foundation_model`, "
+            f"`multiheads_finetuning` {hp.get('multiheads_finetuning', 'default')}): its weights were the start, "
+            "the data set above the whole training set."]
 
 
 def _sampled_stage_lines(manifest: dict, model_sha256: str) -> list[str]:

@@ -1,23 +1,15 @@
 """The closed-loop comparison (benchmarks/closed_loop.py) against hand-worked numbers: each target
 as the issue states it, failed and paused runs named in the table and the model card."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from openmm_mace_lp.systems.recipes import train_water as W
+from tests.benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def closed_loop():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "closed_loop.py"
-    spec = importlib.util.spec_from_file_location("closed_loop", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["closed_loop"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("closed_loop")
 
 
 TEACHER = dict(density_g_cm3=1.000, density_sem=0.002, production_ps=100.0, oo_peak_r_nm=0.2800, oo_peak_r_sem=0.0003,
@@ -67,3 +59,21 @@ def test_failed_and_paused_runs_are_named(closed_loop):
     assert "Its NPT run at 260 K failed**: guard stopped the run at equilibration step 100." in text
     assert "Its NPT run at 300 K failed**: production step 18900" in text
     assert "The closed loop is incomplete" in text
+
+
+def test_recipe_is_a_valid_simulate_config(closed_loop):
+    """The TOML a closed-loop run writes loads through the simulate recipe's own reader, with
+    the equilibration active learning asks for (1 ps) or the closed loop's 10 ps."""
+    import tomllib
+
+    from openmm_mace_lp.simulations.config import config_from_dict
+
+    def load(text):
+        return config_from_dict(tomllib.loads(text))
+
+    point = closed_loop.Point("model", 300.0)
+    sampling = load(closed_loop.config_text(point, 100.0, "m.model", "CPU", equilibration_ps=1.0))
+    default = load(closed_loop.config_text(point, 100.0, "m.model", "CPU"))
+    assert (sampling.run.equilibration_steps, default.run.equilibration_steps) == (1000, 10000)
+    assert sampling.run.production_steps == 100000
+    assert sampling.model.path == "m.model" and sampling.ensemble == "npt"
