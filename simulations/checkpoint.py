@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from openmm_mace_lp.atomic import atomic_write_bytes, atomic_write_json
-from .reporters import truncate_dcd, truncate_file
+from .reporters import check_length, dcd_layout, truncate_dcd, truncate_file
 
 logger = logging.getLogger("openmm_mace_lp.simulations")
 
@@ -117,10 +117,29 @@ def _prune(run_dir: Path, keep_files: set[str]) -> None:
                 pass
 
 
+def check_outputs(run_dir: Path, record: CheckpointRecord, output_files: tuple[str, ...]) -> None:
+    """Refuse a resume whose outputs are shorter than ``record`` says they were when it was
+    written (deleted or truncated outside the run), before any of them is cut back: a refusal
+    must leave every file as it found it."""
+    run_dir = Path(run_dir)
+    for name in output_files:
+        recorded = record.outputs.get(name)
+        if recorded is None:
+            continue
+        path = run_dir / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing but the checkpoint at {record.phase} step "
+                                    f"{record.step} says it was written; restore it or start a new run.")
+        check_length(path, int(recorded["bytes"]) if isinstance(recorded, dict) else int(recorded))
+        if isinstance(recorded, dict):
+            dcd_layout(path)  # a trajectory whose header is not OpenMM's DCD is refused here too
+
+
 def restore_outputs(run_dir: Path, record: CheckpointRecord, output_files: tuple[str, ...]) -> None:
     """Cut every output back to its length at ``record``; outputs it did not know yet (e.g. the
     production files when it is an equilibration checkpoint) are removed."""
     run_dir = Path(run_dir)
+    check_outputs(run_dir, record, output_files)
     for name in output_files:
         path = run_dir / name
         recorded = record.outputs.get(name)
@@ -130,9 +149,6 @@ def restore_outputs(run_dir: Path, record: CheckpointRecord, output_files: tuple
                             record.phase, record.step)
                 path.unlink()
             continue
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing but the checkpoint at {record.phase} step "
-                                    f"{record.step} says it was written; restore it or start a new run.")
         if isinstance(recorded, dict):  # a trajectory: frames and bytes
             truncate_dcd(path, int(recorded["frames"]))
             if path.stat().st_size != int(recorded["bytes"]):

@@ -157,13 +157,18 @@ class StateCSV:
             self._handle.close()
 
 
-def truncate_file(path: Path, length: int) -> None:
-    """Cut ``path`` back to ``length`` bytes (rows written after the checkpoint)."""
+def check_length(path: Path, length: int) -> None:
+    """Refuse an output shorter than the ``length`` a checkpoint recorded for it."""
     size = path.stat().st_size
     if size < length:
         raise ValueError(f"{path} has {size} bytes but the checkpoint says {length} were written "
                          "and synced before it; the file was modified or truncated outside the run. "
                          "Restore it or start a new run directory.")
+
+
+def truncate_file(path: Path, length: int) -> None:
+    """Cut ``path`` back to ``length`` bytes (rows written after the checkpoint)."""
+    check_length(path, length)
     with open(path, "r+b") as handle:
         handle.truncate(length)
         sync_handle(handle)

@@ -279,13 +279,18 @@ def simulate(config: SimulationConfig | None, run_dir: str | Path, *, resume: bo
 
 
 def check_start_inputs(config: SimulationConfig) -> None:
-    """The starting structure (readable, finite, a box for NPT) and the model file (a torch
-    archive), checked before a fresh run creates its directory, so bad input leaves nothing."""
-    from openmm_mace_lp.model_files import check_model_file, default_model_path
+    """The starting structure (readable, finite, a box for NPT) and the model (a MACE model, not
+    a state dict, with parameters for every element of the structure), checked before a fresh
+    run creates its directory, so bad input leaves nothing."""
+    from openmm_mace_lp.export import check_elements
+    from openmm_mace_lp.model_files import default_model_path, load_mace_model
 
-    check_structure(load_structure(config.system), config.ensemble)
+    structure = load_structure(config.system)
+    check_structure(structure, config.ensemble)
     if config.model.kind == "mace":
-        check_model_file(default_model_path() if config.model.path == "default" else Path(config.model.path))
+        model = load_mace_model(default_model_path() if config.model.path == "default" else Path(config.model.path))
+        check_elements(model, [atom.element.atomic_number for atom in structure.topology.atoms()
+                               if atom.element is not None])  # element-less atoms: the potential names them
 
 
 def _refuse_if_busy(directory: RunDirectory) -> None:
@@ -312,6 +317,10 @@ def _resume_point(config: SimulationConfig | None, directory: RunDirectory) -> _
     if (record.phase == phases[-1].name and record.step == phases[-1].steps
             and directory.status() == "completed"):
         return _Start("done", config, record, data)
+    # Refusals come before anything is written: the manifest keeps its status, run.log and the
+    # outputs their bytes (a refused resume must leave the run as it found it).
+    _check_same_model(config, directory.manifest() or {})
+    directory.check_outputs(record)
     return _Start("resume", config, record, data, changed)
 
 
@@ -430,7 +439,6 @@ class _Runner:
         self.manifest = read_manifest(self.run_dir) or {}
         if not self.manifest:
             self._write_manifest_start(structure.n_atoms)
-        _check_same_model(self.config, self.manifest)
         self.manifest.update(status="running", failure=None,
                              segments=int(self.manifest.get("segments", 1)) + 1,
                              production_steps=self.config.run.production_steps)

@@ -345,6 +345,10 @@ class RunDirectory:
                 removed.append(f"{ckpt.CHECKPOINT_DIR}/{path.name}")
         return removed
 
+    def check_outputs(self, record: ckpt.CheckpointRecord) -> None:
+        """Refuse outputs shorter than ``record`` knew them (before anything is cut back)."""
+        ckpt.check_outputs(self.path, record, OUTPUT_FILES)
+
     def restore_outputs(self, record: ckpt.CheckpointRecord) -> None:
         """Cut the CSVs and the DCD back to their lengths at ``record`` (rows and frames written
         after it would otherwise be duplicated)."""

@@ -154,3 +154,41 @@ def _hooks(reporters):
     from openmm_mace_lp.simulations.run import RunHooks
 
     return RunHooks(reporters=reporters)
+
+
+def _files(run_dir):
+    """Every file of a run directory and its bytes (the lock file records its holder: left out)."""
+    return {path.relative_to(run_dir).as_posix(): path.read_bytes() for path in sorted(run_dir.rglob("*"))
+            if path.is_file() and path.name != ".run.lock"}
+
+
+def test_a_refused_resume_leaves_every_file_as_it_was(tmp_path, tiny_model):
+    """A resume with another model file, or of a run whose trajectory was cut outside it, is
+    refused before anything is written: the manifest keeps its status, run.log and the outputs
+    their bytes (state.csv is not cut back before the trajectory is found short)."""
+    import dataclasses
+
+    from openmm_mace_lp.systems.architectures import TINY, build_mace, save_model
+
+    run_dir = tmp_path / "killed"
+    with pytest.raises(RunInterrupted):
+        simulate(config_for(tiny_model), run_dir, quiet=True,
+                 hooks=_hooks({"production": [SignalAt(KILL_AT, signal.SIGTERM)]}))
+    other_model = tmp_path / "other.model"
+    save_model(build_mace(dataclasses.replace(TINY, max_ell=1, correlation=3), seed=2), other_model)
+    before = _files(run_dir)
+    assert json.loads(before["manifest.json"])["status"] == "interrupted"
+    with pytest.raises(ValueError, match="resume with the same model file"):
+        simulate(config_for(other_model), run_dir, resume=True, quiet=True)
+    assert _files(run_dir) == before
+    trajectory = run_dir / "trajectory.dcd"
+    whole = trajectory.read_bytes()
+    recorded = read_records(run_dir)[-1].outputs["trajectory.dcd"]["bytes"]
+    os.truncate(trajectory, recorded - 100)
+    before = _files(run_dir)
+    with pytest.raises(ValueError, match="truncated outside the run"):
+        simulate(None, run_dir, resume=True, quiet=True)
+    assert _files(run_dir) == before
+    # With the trajectory restored the same directory resumes and completes.
+    trajectory.write_bytes(whole)
+    assert simulate(None, run_dir, resume=True, quiet=True).status == "completed"

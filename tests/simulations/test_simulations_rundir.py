@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from openmm_mace_lp.analysis import rundir as analysis_rundir
 from openmm_mace_lp.cli import main
@@ -398,3 +399,23 @@ def test_a_bad_structure_or_model_file_fails_before_the_run_directory_exists(tmp
     with pytest.raises(ValueError):
         simulate(config, tmp_path / "run-model", quiet=True)
     assert not (tmp_path / "run-model").exists()
+    state_dict = tmp_path / "state_dict.model"
+    torch.save({"weights": torch.zeros(3)}, state_dict)
+    config = tiny_config(tiny_model, "nvt")
+    config.model.path = str(state_dict)
+    with pytest.raises(ValueError, match="not a state dict"):
+        simulate(config, tmp_path / "run-state-dict", quiet=True)
+    assert not (tmp_path / "run-state-dict").exists()
+
+
+def test_an_element_the_model_lacks_fails_before_the_run_directory_exists(tmp_path):
+    """Water for a model that knows only H and C: refused, naming O, before anything is made."""
+    import dataclasses
+
+    from openmm_mace_lp.systems.architectures import TINY, build_mace, save_model
+
+    carbon_only = tmp_path / "hc.model"
+    save_model(build_mace(dataclasses.replace(TINY, elements=(1, 6)), seed=0), carbon_only)
+    with pytest.raises(ValueError, match=r"no parameters for element\(s\) O"):
+        simulate(tiny_config(carbon_only, "nvt"), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
