@@ -63,6 +63,15 @@ def read_structure_file(path: str | Path) -> StartStructure:
     except Exception as error:  # noqa: BLE001 - the readers raise many types
         raise ValueError(f"system.pdb = {str(path)!r} cannot be read as {reader.__name__} "
                          f"({error}); pass a PDB or PDBx file.") from None
+    # OpenMM's readers accept files without atoms, or with atoms that name no element (a broken
+    # or foreign file read as PDBx): neither is a structure MACE can run.
+    atoms = list(structure.topology.atoms())
+    unnamed = [atom.name for atom in atoms if atom.element is None]
+    if not atoms or unnamed:
+        problem = "it holds no atoms" if not atoms else (
+            f"{len(unnamed)} of its {len(atoms)} atoms name no element (first: {unnamed[0]!r})")
+        raise ValueError(f"system.pdb = {str(path)!r} cannot be read as {reader.__name__}: {problem}; pass a "
+                         "PDB or PDBx file of the starting structure whose atoms name their elements.")
     positions = np.asarray(structure.getPositions(asNumpy=True).value_in_unit_system(_md_units()))
     vectors = structure.topology.getPeriodicBoxVectors()
     box = None if vectors is None else np.array([[v[i].value_in_unit_system(_md_units())

@@ -392,6 +392,14 @@ def test_a_bad_structure_or_model_file_fails_before_the_run_directory_exists(tmp
     with pytest.raises(ValueError, match="cannot be read"):
         simulate(config, tmp_path / "run-structure", quiet=True)
     assert not (tmp_path / "run-structure").exists()
+    garbage_cif = tmp_path / "garbage.cif"
+    garbage_cif.write_text("data_x\nloop_\n_atom_site.id\n1 2 3\n")  # parses: three atoms, no elements
+    config = tiny_config(tiny_model, "npt")
+    config.system.water_molecules = None
+    config.system.pdb = str(garbage_cif)
+    with pytest.raises(ValueError, match="cannot be read as PDBxFile: 3 of its 3 atoms name no element"):
+        simulate(config, tmp_path / "run-cif", quiet=True)
+    assert not (tmp_path / "run-cif").exists()
     truncated = tmp_path / "truncated.model"
     truncated.write_bytes(Path(tiny_model).read_bytes()[:1000])
     config = tiny_config(tiny_model, "nvt")

@@ -61,3 +61,16 @@ def test_exported_module_reproduces_stored_test_errors(entry):
     force_rmse = 1000 * np.sqrt(np.mean((forces_ev_a - atoms.arrays["REF_forces"]) ** 2))
     assert energy_error == pytest.approx(entry["energy_error_meV_per_atom"], abs=1e-6)
     assert force_rmse == pytest.approx(entry["force_rmse_meV_per_A"], rel=1e-8)
+
+
+def test_the_main_job_quotes_this_models_closed_loop():
+    """The note after a CPU main job names the closed loop of the shipped model (its SHA-256)
+    and quotes that file's 300 K densities, so a retrained model cannot leave it stale."""
+    from openmm_mace_lp.simulations.presets import CLOSED_LOOP_RESULT, CPU_NOTE
+
+    result = json.loads((Path(__file__).resolve().parents[2] / CLOSED_LOOP_RESULT).read_text())
+    digest = hashlib.sha256(default_model_path().read_bytes()).hexdigest()
+    assert result["model"]["sha256"] == digest
+    assert f"{result['model_density_g_cm3']:.3f} g/cm3 at 300 K" in CPU_NOTE
+    assert f"teacher's {result['teacher_density_g_cm3']:.3f}" in CPU_NOTE
+    assert CLOSED_LOOP_RESULT.removesuffix(".json") + ".md" in CPU_NOTE
