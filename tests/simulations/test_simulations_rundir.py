@@ -383,37 +383,32 @@ def test_main_job_directory_goes_to_the_next_free_one(completed, tmp_path, capsy
     assert main_run_directory(False, False, base) == tmp_path / "runs" / "main-3"
 
 
+def _refused_before_the_directory_exists(config, run_dir, match):
+    with pytest.raises(ValueError, match=match):
+        simulate(config, run_dir, quiet=True)
+    assert not run_dir.exists()
+
+
 def test_a_bad_structure_or_model_file_fails_before_the_run_directory_exists(tmp_path, tiny_model):
     empty_pdb = tmp_path / "empty.pdb"
     empty_pdb.write_text("")
-    config = tiny_config(tiny_model, "nvt")
-    config.system.water_molecules = None
-    config.system.pdb = str(empty_pdb)
-    with pytest.raises(ValueError, match="cannot be read"):
-        simulate(config, tmp_path / "run-structure", quiet=True)
-    assert not (tmp_path / "run-structure").exists()
     garbage_cif = tmp_path / "garbage.cif"
     garbage_cif.write_text("data_x\nloop_\n_atom_site.id\n1 2 3\n")  # parses: three atoms, no elements
-    config = tiny_config(tiny_model, "npt")
-    config.system.water_molecules = None
-    config.system.pdb = str(garbage_cif)
-    with pytest.raises(ValueError, match="cannot be read as PDBxFile: 3 of its 3 atoms name no element"):
-        simulate(config, tmp_path / "run-cif", quiet=True)
-    assert not (tmp_path / "run-cif").exists()
+    for name, ensemble, structure, match in (
+            ("empty", "nvt", empty_pdb, "cannot be read"),
+            ("cif", "npt", garbage_cif, "cannot be read as PDBxFile: 3 of its 3 atoms name no element")):
+        config = tiny_config(tiny_model, ensemble)
+        config.system.water_molecules = None
+        config.system.pdb = str(structure)
+        _refused_before_the_directory_exists(config, tmp_path / f"run-{name}", match)
     truncated = tmp_path / "truncated.model"
     truncated.write_bytes(Path(tiny_model).read_bytes()[:1000])
-    config = tiny_config(tiny_model, "nvt")
-    config.model.path = str(truncated)
-    with pytest.raises(ValueError):
-        simulate(config, tmp_path / "run-model", quiet=True)
-    assert not (tmp_path / "run-model").exists()
     state_dict = tmp_path / "state_dict.model"
     torch.save({"weights": torch.zeros(3)}, state_dict)
-    config = tiny_config(tiny_model, "nvt")
-    config.model.path = str(state_dict)
-    with pytest.raises(ValueError, match="not a state dict"):
-        simulate(config, tmp_path / "run-state-dict", quiet=True)
-    assert not (tmp_path / "run-state-dict").exists()
+    for model, match in ((truncated, "truncated or corrupt|not a PyTorch-saved model"), (state_dict, "not a state dict")):
+        config = tiny_config(tiny_model, "nvt")
+        config.model.path = str(model)
+        _refused_before_the_directory_exists(config, tmp_path / f"run-{model.stem}", match)
 
 
 def test_an_element_the_model_lacks_fails_before_the_run_directory_exists(tmp_path):
@@ -424,6 +419,5 @@ def test_an_element_the_model_lacks_fails_before_the_run_directory_exists(tmp_pa
 
     carbon_only = tmp_path / "hc.model"
     save_model(build_mace(dataclasses.replace(TINY, elements=(1, 6)), seed=0), carbon_only)
-    with pytest.raises(ValueError, match=r"no parameters for element\(s\) O"):
-        simulate(tiny_config(carbon_only, "nvt"), tmp_path / "run", quiet=True)
-    assert not (tmp_path / "run").exists()
+    _refused_before_the_directory_exists(tiny_config(carbon_only, "nvt"), tmp_path / "run",
+                                         r"no parameters for element\(s\) O")
