@@ -252,7 +252,7 @@ def _base_config(data: Mapping[str, Any], source: str, base_dir: Path,
             raise FileNotFoundError(f"{source}: base = {base!r}: no such run config ({path}); give the "
                                     "path of a run config TOML, relative to the plan.")
     try:
-        return load_config(path, [*settings, *overrides])
+        return load_config(path, [*settings, *overrides], overrides_source="its set or axes")
     except (ValueError, FileNotFoundError) as error:
         raise type(error)(f"{source}: base config: {error}") from None
 

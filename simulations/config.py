@@ -184,10 +184,11 @@ def _without_none(table: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: os.PathLike | None = None, overrides: Iterable[str] = (),
-                ensemble: str | None = None) -> SimulationConfig:
+                ensemble: str | None = None, overrides_source: str = "--set") -> SimulationConfig:
     """Read a TOML config (or start from the defaults), apply ``--set`` overrides, validate.
 
-    ``ensemble`` (from the command line) must agree with an ``ensemble`` key in the file.
+    ``ensemble`` (from the command line) must agree with an ``ensemble`` key in the file. A bad
+    key is reported where it was written: under the file's name, or ``overrides_source``.
     """
     data: dict[str, Any] = {}
     source = "--set"
@@ -205,8 +206,11 @@ def load_config(path: os.PathLike | None = None, overrides: Iterable[str] = (),
             raise ValueError(f"{source} says ensemble = {stated!r} but the command asks for "
                              f"{ensemble!r}; change the command or the file.")
         data["ensemble"] = ensemble
+    if path is not None:
+        config_from_dict(data, source)  # the file's own keys, named under the file's name
     data = apply_overrides(data, overrides)
-    config = config_from_dict(data, source)
+    # what is left to refuse came from the command line
+    config = config_from_dict(data, overrides_source if overrides else source)
     validate(config)
     return config
 

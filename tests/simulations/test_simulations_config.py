@@ -1,6 +1,7 @@
 """Config loading and validation: every mistake is named before any model work starts."""
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -200,3 +201,14 @@ def test_values_set_on_the_object_are_type_checked(tiny_model, section, key, val
 def test_one_override_string_instead_of_a_list_is_refused():
     with pytest.raises(TypeError, match=r"pass \['run.seed=2'\]"):
         load_config(None, "run.seed=2")
+
+
+def test_an_unknown_key_is_named_where_it_was_written(tmp_path, tiny_model):
+    """A misspelt key of the file is reported under the file's name, one of --set under --set."""
+    config_path = tmp_path / "run.toml"
+    config_path.write_text('ensemble = "npt"\n[integrator]\ntimestep_fs = 1.0\n')
+    with pytest.raises(ValueError, match=r"^--set: unknown key 'integrator.timstep_fs'"):
+        load_config(config_path, ["integrator.timstep_fs=1"])
+    config_path.write_text('ensemble = "npt"\n[integrator]\ntimstep_fs = 1.0\n')
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(config_path))}: unknown key 'integrator.timstep_fs'"):
+        load_config(config_path, ["run.production_steps=10"])
