@@ -51,7 +51,7 @@ from .openmm_setup import (LANGEVIN, VERLET, create_simulation, create_system, d
                            seeded_velocities, set_box_and_positions, total_mass_dalton)
 from .platforms import check_platform_properties, device_name, reinitializes_on_checkpoint
 from .reporters import PhaseReporter, Progress, StateCSV, Thermo, Trajectory, all_tasks_closed
-from .rundir import (CONFIG_FILE, FINAL_STATE, FOREIGN, FRESH, INITIAL_STATE, LAST_GOOD_STATE, LOG_FILE,
+from .rundir import (CONFIG_FILE, EMPTY, FINAL_STATE, FOREIGN, FRESH, INITIAL_STATE, LAST_GOOD_STATE, LOG_FILE,
                      MISSING, TOPOLOGY_FILE, TRAJECTORY_FILE, RunDirectory, RunDirectoryBusy,  # noqa: F401
                      is_disk_full)
 from .structure import StartStructure, check_structure, load_structure, read_state_xml
@@ -251,7 +251,7 @@ def simulate(config: SimulationConfig | None, run_dir: str | Path, *, resume: bo
     if config is not None and not directory.holds_results():
         check_start_inputs(config)  # a bad structure or model file fails before anything is created
     choice = dict(resume=resume, overwrite=overwrite, config_given=config is not None)
-    if directory.kind() in (MISSING, FOREIGN):
+    if directory.kind() in (MISSING, EMPTY, FOREIGN):
         _refuse_if_busy(directory)
         directory.start_mode(**choice)  # refuses before anything is created or locked
     directory.create()

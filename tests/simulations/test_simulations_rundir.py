@@ -421,3 +421,11 @@ def test_an_element_the_model_lacks_fails_before_the_run_directory_exists(tmp_pa
     save_model(build_mace(dataclasses.replace(TINY, elements=(1, 6)), seed=0), carbon_only)
     _refused_before_the_directory_exists(tiny_config(carbon_only, "nvt"), tmp_path / "run",
                                          r"no parameters for element\(s\) O")
+
+
+def test_resume_of_an_empty_directory_is_refused_and_leaves_it_empty(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RunDirectoryError, match="holds no run .it is empty"):
+        simulate(None, empty, resume=True, quiet=True)
+    assert list(empty.iterdir()) == []
