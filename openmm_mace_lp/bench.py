@@ -1039,11 +1039,13 @@ def _run_command(args) -> int:
         raise ValueError(f"--graphs {args.graphs!r}: use on, off or on,off.")
     if device == "cpu":
         graphs = [False]  # CUDA graphs need CUDA
+    from .neighbors import NEIGHBOR_LIST_IMPLS
+
     neighbor_lists = [None if name == "default" else name for name in args.neighbor_lists.split(",")]
-    unknown = [name for name in neighbor_lists if name not in (None, "native", "torchscript")]
+    unknown = [name for name in neighbor_lists if name is not None and name not in NEIGHBOR_LIST_IMPLS]
     if unknown:
         raise ValueError(f"--neighbor-lists {args.neighbor_lists!r}: {unknown[0]!r} is not one; use default, "
-                         f"native and/or torchscript, comma-separated.")
+                         f"{' and/or '.join(NEIGHBOR_LIST_IMPLS)}, comma-separated.")
     settings = BenchSettings(atoms=args.atoms, policies=args.policies.split(","), backends=args.backends.split(","),
                              graphs=graphs, dt_fs=args.dt_fs, out=Path(args.out),
                              architecture="tiny" if args.smoke else args.architecture, device=device,

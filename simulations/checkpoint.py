@@ -130,9 +130,11 @@ def check_outputs(run_dir: Path, record: CheckpointRecord, output_files: tuple[s
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing but the checkpoint at {record.phase} step "
                                     f"{record.step} says it was written; restore it or start a new run.")
-        check_length(path, int(recorded["bytes"]) if isinstance(recorded, dict) else int(recorded))
-        if isinstance(recorded, dict):
-            dcd_layout(path)  # a trajectory whose header is not OpenMM's DCD is refused here too
+        if isinstance(recorded, dict):  # a trajectory: its header must be OpenMM's DCD, its bytes all there
+            dcd_layout(path)
+            check_length(path, int(recorded["bytes"]))
+        else:
+            check_length(path, int(recorded))
 
 
 def restore_outputs(run_dir: Path, record: CheckpointRecord, output_files: tuple[str, ...]) -> None:
