@@ -10,8 +10,10 @@
 #      260 K for SAMPLE_MIN minutes (closed_loop.py's recipe, 1 ps of equilibration so that the
 #      frames show its way from the teacher's density to its own) and the node's cores label
 #      those frames with the teacher (run_frames.py, into train) as soon as the runs stop;
-#   B  NEXT runs NPT at 300, 260 and 350 K for the time left before END_S seconds: its density
-#      trend, and frames to label on any machine afterwards (run_frames.py).
+#      SAMPLE_MIN=0 skips the sampling (when FROM_MODEL's frames are already in the data set);
+#   B  NEXT runs NPT at NEXT_TEMPS (default 300,260,350 K, side by side) for the time left before
+#      END_S seconds: its density trend, and frames to label on any machine afterwards
+#      (run_frames.py). NEXT_TEMPS=300 runs one solo, about twice as many ps.
 #
 #   source .gpu/env.sh && FROM_MODEL=systems/models/mace-water-amoeba.model \
 #       bash benchmarks/amoeba_active_learning_gpu.sh
@@ -22,6 +24,7 @@
 set -uo pipefail
 OUT=${OUT:-build/out}; mkdir -p "$OUT" build/active_learning
 END_S=${END_S:-540}; EPOCHS=${EPOCHS:-24}; SAMPLE_MIN=${SAMPLE_MIN:-3}; STRIDE=${STRIDE:-2}
+NEXT_TEMPS=${NEXT_TEMPS:-300,260,350}
 # model_npt_periodic frames are where the model was wrong and ~10 % of the frames: weigh them twice.
 WEIGHTS=${WEIGHTS:-'{"Default":1.0,"rattled_periodic":0.1,"rattled_cluster":0.1,"close_contact":0.1,"model_npt_periodic":2.0}'}
 from=${FROM_MODEL:-systems/models/mace-water-amoeba.model}
@@ -48,10 +51,13 @@ python3 -m openmm_mace_lp.systems.recipes.train_water --device cuda --epochs "$E
   --set "config_type_weights=$WEIGHTS" \
   --work-dir "$dir/train" --models-dir "$dir/models" > "$dir/train.log" 2>&1 &
 train_pid=$!
-python3 benchmarks/closed_loop.py run -o "$dir/sample_from" --who model --model "$PWD/$from" \
-  --temperatures 300,260 --equilibration-ps 1 --max-minutes "$SAMPLE_MIN" > "$dir/sample_from.log" 2>&1
-stamp "A: sampling of $from done"
-mapfile -t runs < <(runs_with_frames "$dir/sample_from" 300 260)
+runs=()
+if [ "$SAMPLE_MIN" != 0 ]; then
+  python3 benchmarks/closed_loop.py run -o "$dir/sample_from" --who model --model "$PWD/$from" \
+    --temperatures 300,260 --equilibration-ps 1 --max-minutes "$SAMPLE_MIN" > "$dir/sample_from.log" 2>&1
+  stamp "A: sampling of $from done"
+  mapfile -t runs < <(runs_with_frames "$dir/sample_from" 300 260)
+fi
 if [ ${#runs[@]} -gt 0 ]; then
   OMP_NUM_THREADS=1 python3 -m openmm_mace_lp.systems.recipes.run_frames "${runs[@]}" --stride "$STRIDE" --data-dir "$dir/data" \
     --workers $(( $(nproc) - 2 )) --workdir "$dir/labels_from" > "$dir/labels_from.log" 2>&1
@@ -63,9 +69,9 @@ next=$dir/models/mace-water-amoeba.model
 left_min=$(python3 -c "print(round(($END_S - $(elapsed) - 30) / 60, 2))")
 if [ -f "$next" ] && python3 -c "import sys; sys.exit(not $left_min >= 1.0)"; then
   python3 benchmarks/closed_loop.py run -o "$dir/sample_next" --who model --model "$PWD/$next" \
-    --equilibration-ps 1 --max-minutes "$left_min" > "$dir/sample_next.log" 2>&1
+    --temperatures "$NEXT_TEMPS" --equilibration-ps 1 --max-minutes "$left_min" > "$dir/sample_next.log" 2>&1
   stamp "B: sampling of the new model done ($left_min min)"
-  runs_with_frames "$dir/sample_next" 300 260 350 >/dev/null
+  runs_with_frames "$dir/sample_next" ${NEXT_TEMPS//,/ } >/dev/null
 fi
 tar --exclude="*/checkpoints" --exclude="*.xml" -cJf "$OUT/active_learning.tar.xz" "$dir"/data/water_amoeba_* \
   "$dir"/*.log "$dir/models" "$dir"/sample_* "$dir"/labels_*/*.log 2>/dev/null

@@ -38,6 +38,19 @@ PREFIX = "water_amoeba"
 _TEACHER = None
 
 
+def run_trajectory_id(model_sha256: str, run_name: str, started: str | None) -> str:
+    """``model-npt-<sha8>-<run name>[-<start, UTC>]``: one id per run.
+
+    The start time keeps two runs of one model that share a directory name (each round of
+    benchmarks/amoeba_active_learning_gpu.sh samples into ``model_300K``) apart; frames labelled
+    before it was added keep their ids.
+    """
+    trajectory_id = f"model-npt-{model_sha256[:8]}-{run_name}"
+    if started:
+        trajectory_id += "-" + "".join(ch for ch in started.split("+")[0] if ch.isdigit() or ch == "T")
+    return trajectory_id
+
+
 def run_frames(run_dir: Path, stride: int = 1) -> list[str]:
     """Unlabelled extxyz blocks of every ``stride``-th production frame of a run directory."""
     import mdtraj
@@ -56,7 +69,7 @@ def run_frames(run_dir: Path, stride: int = 1) -> list[str]:
     temperature = float(manifest["temperature_K"])
     trajectory = mdtraj.load(str(trajectory_file), top=str(topology_file))
     symbols = [atom.element.symbol for atom in trajectory.topology.atoms]
-    trajectory_id = f"model-npt-{model['sha256'][:8]}-{run_dir.name}"
+    trajectory_id = run_trajectory_id(model["sha256"], run_dir.name, manifest.get("started"))
     blocks = []
     for index in range(0, trajectory.n_frames, stride):
         box = np.asarray(trajectory.unitcell_vectors[index], dtype=float) * 10.0  # nm -> A
@@ -68,6 +81,17 @@ def run_frames(run_dir: Path, stride: int = 1) -> list[str]:
                     sampling_model_sha256=model["sha256"])
         blocks.append(format_frame(symbols, positions, info, cell=box, pbc=(True, True, True)))
     return blocks
+
+
+def unused_stage_name(manifest_path: Path, stage: str) -> str:
+    """``stage``, or ``stage_2``, ``stage_3``...: a second round of one model's frames must not
+    replace the manifest's record of the first."""
+    taken = set(json.loads(manifest_path.read_text())) if manifest_path.is_file() else set()
+    name, number = stage, 1
+    while name in taken:
+        number += 1
+        name = f"{stage}_{number}"
+    return name
 
 
 def _init_worker(teacher_name: str) -> None:
@@ -116,7 +140,8 @@ def extend(runs: list[tuple[Path, str]], data_dir: Path, workdir: Path, teacher:
         blocks[split].append(labelled[_frame_id(block)])
         counts[split] += 1
     models = sorted({block.split("sampling_model_sha256=", 1)[1].split()[0] for _, block in frames})
-    stage = f"model_npt_stage_{models[0][:8]}" if len(models) == 1 else "model_npt_stage"
+    stage = unused_stage_name(data_dir / f"{prefix}_manifest.json",
+                              f"model_npt_stage_{models[0][:8]}" if len(models) == 1 else "model_npt_stage")
     return write_stage(data_dir, prefix, blocks, stage, counts, start, dict(
         recipe="openmm_mace_lp.systems.recipes.run_frames", teacher=T.get_teacher(teacher).settings(),
         runs=[dict(run=str(path), split=split) for path, split in runs], stride=stride,

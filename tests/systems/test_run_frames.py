@@ -109,3 +109,18 @@ def test_refusals_leave_the_data_set_unchanged(extended, tmp_path):
     with pytest.raises(SystemExit, match="no trajectory.dcd"):
         R.run_frames(tmp_path)
     assert {p.name: p.read_bytes() for p in data.iterdir()} == before
+
+
+def test_runs_of_one_model_in_same_named_directories_get_their_own_ids():
+    first = R.run_trajectory_id(SHA, "model_300K", "2026-12-01T17:45:28+00:00")
+    again = R.run_trajectory_id(SHA, "model_300K", "2026-12-01T19:02:11+00:00")
+    assert first == f"model-npt-{SHA[:8]}-model_300K-20261201T174528" and first != again
+    # frames labelled before runs recorded their start keep the id they were stored under
+    assert R.run_trajectory_id(SHA, "model_300K", None) == f"model-npt-{SHA[:8]}-model_300K"
+
+
+def test_a_second_stage_of_one_model_gets_its_own_manifest_record(tmp_path):
+    manifest = tmp_path / "water_amoeba_manifest.json"
+    manifest.write_text(json.dumps({f"model_npt_stage_{SHA[:8]}": {}, f"model_npt_stage_{SHA[:8]}_2": {}}))
+    assert R.unused_stage_name(manifest, f"model_npt_stage_{SHA[:8]}") == f"model_npt_stage_{SHA[:8]}_3"
+    assert R.unused_stage_name(manifest, "model_npt_stage") == "model_npt_stage"
