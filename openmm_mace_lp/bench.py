@@ -34,6 +34,9 @@ through ``MLPotential("mace-lp", ...)`` on OpenMM's CUDA platform (mixed precisi
   the TorchScript cell list; a named list is always the fixed-capacity one, so the two are timed
   like for like). The native CUDA kernel becomes the CUDA default only once a row shows it no
   slower.
+- ``compiler``: how the model runs inside the exported module (``--compilers``): ``torchscript``,
+  or ``inductor``, its energy and forces compiled ahead of time by AOTInductor (``compiled.py``;
+  ``first_call_s`` then includes the compile, unless the export was already in the cache).
 - FastMACE's own NVT MD (``--fastmace``, on by default when ``import fastmace`` works and the run
   is on a CUDA device; ``--no-fastmace`` skips it; ``--smoke --fastmace`` runs its CPU plan as a
   dry run of the harness) on the same model file and the same box: its
@@ -120,6 +123,9 @@ class BenchSettings:
     # Neighbour lists to time ("native", "torchscript", None: the export's default for the
     # device): the native CUDA kernel becomes the default only once it is measured no slower.
     neighbor_lists: List[Optional[str]] = field(default_factory=lambda: [None])
+    # How the model runs inside the exported module: "torchscript", or "inductor" (AOTInductor,
+    # compiled.py; fixed-capacity list, so such rows build the fixed list even without graphs).
+    compilers: List[str] = field(default_factory=lambda: ["torchscript"])
     # Both engines' thermostat: LangevinMiddle (OpenMM) and FastMACE's Langevin.
     temperature_K: float = 300.0
     friction_per_ps: float = 1.0
@@ -336,6 +342,19 @@ def exported_module_path(system) -> str:
     return force.getFile()
 
 
+def warm_up_for_capture(call: Callable[[], object], calls: int = 3) -> None:
+    """``calls`` calls on a side stream, as a CUDA-graph capture needs before it (TorchScript's
+    profiling runs happen here too, not inside the capture)."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(calls):
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+
+
 def module_timings(module_path: str, structure, device: str) -> Dict[str, float]:
     """Summed GPU kernel time of one call (profiler) and CUDA-graph replay time of the module."""
     import torch
@@ -347,12 +366,7 @@ def module_timings(module_path: str, structure, device: str) -> Dict[str, float]
     box = torch.tensor(structure.box, device=device, dtype=torch.float32)
     if device != "cuda":
         return {"gpu_kernel_ms": float("nan"), "module_replay_ms": float("nan")}
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            module(pos, box)
-    torch.cuda.current_stream().wait_stream(stream)
+    warm_up_for_capture(lambda: module(pos, box))
     torch.cuda.synchronize()
     calls = 5
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
@@ -448,17 +462,19 @@ def row_neighbor_list(choice: Optional[str], device: str, graphs: bool) -> str:
 
 def bench_row(settings: BenchSettings, model_path: str, structure, backend: str, policy: str, graphs: bool,
               references: References, anchor: Optional[Dict[str, object]],
-              neighbor_list: Optional[str] = None) -> Dict[str, object]:
+              neighbor_list: Optional[str] = None, compiler: str = "torchscript") -> Dict[str, object]:
     from openmmml import MLPotential
 
     numbers = [a.element.atomic_number for a in structure.topology.atoms()]
+    fixed = neighbor_list is not None or compiler != "torchscript"
     row: Dict[str, object] = {"atoms": len(numbers), "backend": backend, "policy": policy, "cuda_graphs": graphs,
-                              "neighbor_list": row_neighbor_list(neighbor_list, settings.device, graphs)}
+                              "neighbor_list": row_neighbor_list(neighbor_list, settings.device, graphs or fixed),
+                              "compiler": compiler}
     started = time.perf_counter()
     potential = MLPotential("mace-lp", modelPath=model_path, policy=policy, backend=backend)
     system = potential.createSystem(structure.topology, device=settings.device, cudaGraphs=graphs,
                                     positions=structure.positions, neighborList=neighbor_list,
-                                    fixedNeighborList=True if neighbor_list is not None else None)
+                                    fixedNeighborList=True if fixed else None, compiler=compiler)
     result = run_md(system, structure, settings, started)
     forces = result.pop("forces")
     reference = references.at(result.pop("held_positions_nm"))
@@ -865,11 +881,13 @@ def run_bench(settings: BenchSettings) -> dict:
             for policy in settings.policies:
                 for graphs in settings.graphs:
                     for neighbor_list in settings.neighbor_lists:
-                        _recorded(report, settings,
-                                  lambda: bench_row(settings, model_path, structure, backend, policy, graphs,
-                                                    references, anchor, neighbor_list),
-                                  {"atoms": len(numbers), "backend": backend, "policy": policy, "cuda_graphs": graphs,
-                                   "neighbor_list": neighbor_list or "default"})
+                        for compiler in settings.compilers:
+                            _recorded(report, settings,
+                                      lambda: bench_row(settings, model_path, structure, backend, policy, graphs,
+                                                        references, anchor, neighbor_list, compiler),
+                                      {"atoms": len(numbers), "backend": backend, "policy": policy,
+                                       "cuda_graphs": graphs, "neighbor_list": neighbor_list or "default",
+                                       "compiler": compiler})
     return report
 
 
@@ -933,8 +951,9 @@ def _tiled(row: dict) -> str:
 
 def _backend_cell(row: dict) -> str:
     """The backend, and the neighbour list where it is this package's native operator."""
-    native = row.get("neighbor_list") == "native"
-    return f"{row['backend']} (native list)" if native else str(row["backend"])
+    notes = [note for note, shown in (("native list", row.get("neighbor_list") == "native"),
+                                      ("inductor", row.get("compiler") == "inductor")) if shown]
+    return f"{row['backend']} ({', '.join(notes)})" if notes else str(row["backend"])
 
 
 def _eager_cells(row: dict) -> str:
@@ -1009,6 +1028,8 @@ def register(subparsers) -> None:
     parser.add_argument("--neighbor-lists", default="default",
                         help="comma-separated: default (the export's choice for the device), native (this "
                              "package's mace_lp::cell_list, fixed capacity), torchscript")
+    parser.add_argument("--compilers", default="torchscript",
+                        help="how the model runs in the exported module: torchscript and/or inductor (AOTInductor)")
     parser.add_argument("--dt-fs", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=3.0, help="timed MD seconds per row")
     parser.add_argument("--no-anchor", action="store_true", help="skip openmm-ml 1.8's MACE")
@@ -1046,11 +1067,17 @@ def _run_command(args) -> int:
     if unknown:
         raise ValueError(f"--neighbor-lists {args.neighbor_lists!r}: {unknown[0]!r} is not one; use default, "
                          f"{' and/or '.join(NEIGHBOR_LIST_IMPLS)}, comma-separated.")
+    from .compiled import COMPILERS
+
+    compilers = args.compilers.split(",")
+    if any(name not in COMPILERS for name in compilers):
+        raise ValueError(f"--compilers {args.compilers!r}: use {' and/or '.join(COMPILERS)}, comma-separated.")
     settings = BenchSettings(atoms=args.atoms, policies=args.policies.split(","), backends=args.backends.split(","),
                              graphs=graphs, dt_fs=args.dt_fs, out=Path(args.out),
                              architecture="tiny" if args.smoke else args.architecture, device=device,
                              anchor=not args.no_anchor, seconds_per_row=min(0.5, args.seconds) if args.smoke else args.seconds,
-                             model=args.model, fastmace=args.fastmace, neighbor_lists=neighbor_lists)
+                             model=args.model, fastmace=args.fastmace, neighbor_lists=neighbor_lists,
+                             compilers=compilers)
     if args.smoke:  # the harness, not the numbers: a short anchor
         settings.anchor_min_steps, settings.min_blocks, settings.eager_repeats = 10, 3, 2
     print(write_report(run_bench(settings), settings.out))

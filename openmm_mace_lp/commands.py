@@ -37,6 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with --fixed-capacity: the TorchScript list (default: the file runs in plain "
                              "openmm-torch) or this package's native operator (faster; the process must load "
                              "openmm_mace_lp.native.library_paths() first)")
+    export.add_argument("--compiler", default="torchscript", choices=["torchscript", "inductor"],
+                        help="with --fixed-capacity and --backend e3nn: inductor compiles energy and forces "
+                             "ahead of time (AOTInductor, for --device); the process must import openmm_mace_lp "
+                             "(its native library runs the compiled code)")
     export.add_argument("-o", "--output", required=True, help="output .pt file")
     export.set_defaults(func=_export)
 
@@ -60,6 +64,8 @@ def _export(args: argparse.Namespace) -> int:
         raise ValueError("--margin sizes the fixed-capacity neighbour list; add --fixed-capacity.")
     if args.neighbor_list == "native" and not args.fixed_capacity:
         raise ValueError("--neighbor-list native is the fixed-capacity list's operator; add --fixed-capacity.")
+    if args.compiler == "inductor" and not args.fixed_capacity:
+        raise ValueError("--compiler inductor compiles for fixed shapes; add --fixed-capacity.")
     from .potential import check_margin
 
     check_margin(args.margin)
@@ -76,11 +82,13 @@ def _export(args: argparse.Namespace) -> int:
         model, args.policy, args.backend, atomic_numbers, output=args.output,
         periodic=topology.getPeriodicBoxVectors() is not None, device=args.device, energy_type=args.energy,
         capacity=capacity, neighbor_list=args.neighbor_list if capacity is not None else None,
+        compiler=args.compiler,
     )
     meta = read_metadata(path)
     fixed = meta.get("neighbor_capacity")
     print(f"wrote {path}: {len(atomic_numbers)} atoms, policy {meta['policy']}, backend {meta['backend']}, "
-          f"{'periodic' if meta['periodic'] else 'non-periodic'}, cutoff {meta['cutoff_angstrom']} A"
+          f"{'periodic' if meta['periodic'] else 'non-periodic'}, cutoff {meta['cutoff_angstrom']} A, "
+          f"compiler {meta.get('compiler', 'torchscript')}"
           + (f", fixed capacity {fixed['edge_capacity']} edges (CUDA-graph capturable)" if fixed else ""))
     return 0
 

@@ -28,6 +28,7 @@ import torch
 from . import __version__
 from .atomic import atomic_path, atomic_write_text
 from .backend import CUEQ_BACKENDS, convert_to_cueq, make_scriptable, model_layout, resolve_backend
+from .compiled import INDUCTOR, TORCHSCRIPT, check_compiled_backend, check_compiler, compiled_model
 from .fused_conv import fuse_convolutions, keep_weights_low
 from .linears import apply_policy_layers
 from .neighbors import (CANDIDATES_PER_CHUNK, NATIVE_LIST, TORCHSCRIPT_LIST, NeighborCapacity, native_cell_list,
@@ -43,7 +44,7 @@ ENERGY_TYPES = ("interaction_energy", "energy")
 METADATA_FILE = "openmm_mace_lp.json"
 # The modules of this package whose code ends up in, or decides, an exported module: their
 # source is part of every export's cache key, so editing any of them rebuilds the cache.
-SHAPING_MODULES = ("export", "neighbors", "backend", "fused_conv", "linears", "policy")
+SHAPING_MODULES = ("export", "neighbors", "backend", "fused_conv", "linears", "policy", "compiled")
 # Beside each cached module: its SHA-256 (hex), checked before the module is served.
 DIGEST_SUFFIX = ".sha256"
 
@@ -260,6 +261,7 @@ class ExportSpec:
     neighbor_capacity: Optional[Dict[str, object]] = None
     scaled: bool = False
     neighbor_list_impl: str = TORCHSCRIPT_LIST
+    compiler: str = TORCHSCRIPT
     versions: Dict[str, str] = field(default_factory=dict)
     source_sha256: str = ""
 
@@ -339,17 +341,22 @@ def build_force_module(
     capacity: Optional[NeighborCapacity] = None,
     scaled: bool = False,
     neighbor_list: Optional[str] = None,
+    compiler: str = TORCHSCRIPT,
 ) -> torch.jit.ScriptModule:
     """The scripted MACEForce for these atoms, on ``device``.
 
     ``neighbor_list``: "native", "torchscript", or None for the native operator where its
-    library is loaded for ``device`` (fixed capacities only; see ``MACEForce``)."""
+    library is loaded for ``device`` (fixed capacities only; see ``MACEForce``). ``compiler``
+    "inductor" replaces the model by its AOTInductor package (``compiled.py``; fixed
+    capacities only), compiled here for ``device``."""
     policy = get_policy(policy_name)
     device = torch.device(device)
     backend = resolve_backend(backend, device)
     impl = resolve_neighbor_list_impl(neighbor_list, device.type, capacity is not None)
     if energy_type not in ENERGY_TYPES:
         raise ValueError(f"Unknown returnEnergyType {energy_type!r}; use one of {', '.join(ENERGY_TYPES)}.")
+    check_compiler(compiler, capacity is not None)
+    check_compiled_backend(compiler, backend)
     element_index = check_elements(model, atomic_numbers)
     prepared, _ = prepare_model(model, policy, backend)
     node_attrs = torch.nn.functional.one_hot(
@@ -357,6 +364,10 @@ def build_force_module(
     )
     indices = None if atom_indices is None else torch.tensor(list(atom_indices), dtype=torch.long)
     total = len(atomic_numbers) if num_atoms_total is None else num_atoms_total
+    if compiler == INDUCTOR:
+        assert capacity is not None
+        prepared = compiled_model(prepared, node_attrs, energy_type, capacity.edge_capacity, policy.model_dtype,
+                                  device)
     force = MACEForce(prepared, node_attrs, indices, total, periodic, policy.model_dtype, energy_type, capacity,
                       scaled, impl)
     return script_module(force.to(device))
@@ -408,13 +419,14 @@ def export_to_file(
     capacity: Optional[NeighborCapacity] = None,
     scaled: bool = False,
     neighbor_list: Optional[str] = None,
+    compiler: str = TORCHSCRIPT,
 ) -> Path:
     """The TorchScript file for this model, policy and system: from the cache, or built into it.
 
     With ``output`` the cached file is also copied there (atomically) for the user to keep. With
     a ``capacity`` the neighbour list has fixed shapes (CUDA-graph capturable); ``scaled``: see
-    ``MACEForce``; ``neighbor_list``: see ``build_force_module`` (the choice is part of the cache
-    key and of the file's metadata).
+    ``MACEForce``; ``neighbor_list`` and ``compiler``: see ``build_force_module`` (both are part of
+    the cache key and of the file's metadata).
     """
     from .model_files import cache_dir, check_model_path, load_mace_model, sha256_of
 
@@ -424,6 +436,8 @@ def export_to_file(
     resolved_backend = resolve_backend(backend, device)
     check_model_path(model_path)
     impl = resolve_neighbor_list_impl(neighbor_list, device.type, capacity is not None)
+    check_compiler(compiler, capacity is not None)
+    check_compiled_backend(compiler, resolved_backend)
     spec = ExportSpec(
         model_sha256=sha256_of(model_path),
         policy=policy_name,
@@ -437,6 +451,7 @@ def export_to_file(
         neighbor_capacity=None if capacity is None else asdict(capacity),
         scaled=bool(scaled),
         neighbor_list_impl=impl,
+        compiler=compiler,
         versions=library_versions(),
         source_sha256=source_digest(),
     )
@@ -446,7 +461,7 @@ def export_to_file(
         module = build_force_module(
             model, policy_name, resolved_backend, atomic_numbers, atom_indices=atom_indices,
             num_atoms_total=num_atoms_total, periodic=periodic, device=device, energy_type=energy_type,
-            capacity=capacity, scaled=scaled, neighbor_list=impl,
+            capacity=capacity, scaled=scaled, neighbor_list=impl, compiler=compiler,
         )
         metadata = {**asdict(spec), "model_path": os.fspath(model_path), "cutoff_angstrom": float(model.r_max)}
         with atomic_path(cached) as tmp:

@@ -26,6 +26,7 @@ from openmmml.mlpotential import MLPotentialImpl
 
 from .backend import BACKENDS
 from .capacity import record_export
+from .compiled import check_compiler
 from .model_files import KNOWN_MODELS, LOCAL_MODEL_NAME
 from .policy import get_policy
 
@@ -174,13 +175,15 @@ class MACELPPotentialImpl(MLPotentialImpl):
                   forceGroup: int, device: Optional[str] = None, returnEnergyType: str = "interaction_energy",
                   platform: Optional[str] = None, cudaGraphs: Optional[bool] = None, positions=None,
                   neighborMargin: Optional[float] = None, fixedNeighborList: Optional[bool] = None,
-                  neighborList: Optional[str] = None,
+                  neighborList: Optional[str] = None, compiler: str = "torchscript",
                   scale_parameter: Optional[Tuple[str, float]] = None, **args) -> None:
         """Export the module for these atoms and add its TorchForce to ``system``.
 
         ``neighborList``: "native" (this package's ``mace_lp::cell_list`` operator), "torchscript",
         or None for the native one where it is the default (``neighbors.resolve_neighbor_list_impl``);
         it chooses the fixed-capacity list, so "native" needs ``fixedNeighborList`` or CUDA graphs.
+        ``compiler``: "torchscript" (TorchScript runs the model) or "inductor" (the model's energy
+        and forces compiled ahead of time by AOTInductor, ``compiled.py``; fixed capacities only).
         ``scale_parameter`` (name, default): the force's energy and forces are multiplied by
         that global parameter of the Context."""
         import torch
@@ -219,6 +222,7 @@ class MACELPPotentialImpl(MLPotentialImpl):
             raise ValueError("cudaGraphs=True needs the fixed-capacity neighbour list (a CUDA graph "
                              "cannot change shape); pass fixedNeighborList=True, or cudaGraphs=False.")
         check_neighbor_list_choice(neighborList, fixed)
+        check_compiler(compiler, fixed)
         capacity = None
         if fixed:
             capacity = neighbor_capacity(model_path, topology, system, indices, positions, neighborMargin)
@@ -226,6 +230,7 @@ class MACELPPotentialImpl(MLPotentialImpl):
             model_path, self.policy, self.backend, atomic_numbers, atom_indices=indices,
             num_atoms_total=len(all_atoms), periodic=periodic, device=device, energy_type=returnEnergyType,
             capacity=capacity, scaled=scale_parameter is not None, neighbor_list=neighborList,
+            compiler=compiler,
         )
         if KNOWN_MODELS.get(self.name) is not None:
             logger.warning("%s is distributed under the %s licence: no commercial use.", self.name,
@@ -353,7 +358,7 @@ def _nm(value):
 
 # Keywords of createSystem/createMixedSystem that reach this plug-in (openmm-ml takes its own).
 CREATE_SYSTEM_KEYWORDS = ("device", "returnEnergyType", "platform", "cudaGraphs", "positions", "neighborMargin",
-                          "fixedNeighborList", "neighborList")
+                          "fixedNeighborList", "neighborList", "compiler")
 
 
 def check_neighbor_list_choice(choice: Optional[str], fixed: bool) -> None:

@@ -72,6 +72,10 @@ class ModelConfig:
     # Extra edge capacity of that list over the starting structure's edges (the barostat may
     # compress the box); 0: 0.1 for NPT, 0.05 otherwise (the run grows it when 97% is in use).
     neighbor_margin: float = 0.0
+    # torchscript, or inductor: energy and forces compiled ahead of time by AOTInductor
+    # (openmm_mace_lp/compiled.py: fixed-capacity list, e3nn backend, a compile of ~1 min at the
+    # start and at each capacity growth; benchmarks/results/compiled_*_cpu.md has its speed).
+    compiler: str = "torchscript"
 
 
 @dataclass
@@ -398,6 +402,15 @@ def _validate_model(model: ModelConfig) -> None:
     _check_choice("model.backend", model.backend, BACKENDS)
     _check_choice("model.cuda_graphs", model.cuda_graphs, ("auto", True, False))
     _check_choice("model.neighbor_list", model.neighbor_list, ("auto", "fixed", "dynamic"))
+    from openmm_mace_lp.compiled import COMPILED_BACKENDS, COMPILERS, INDUCTOR
+
+    _check_choice("model.compiler", model.compiler, COMPILERS)
+    if model.compiler == INDUCTOR:
+        _check(model.neighbor_list != "dynamic", "model.compiler", model.compiler,
+               "compiles for fixed shapes: set model.neighbor_list to \"fixed\" or \"auto\"")
+        _check(model.backend in (*COMPILED_BACKENDS, "auto"), "model.compiler", model.compiler,
+               f"runs with model.backend {' or '.join(COMPILED_BACKENDS)} only (cuEquivariance packages crash; "
+               f"openmm_mace_lp/compiled.py): set model.backend = \"e3nn\" or \"auto\"")
     _check(_finite(model.neighbor_margin) and 0 <= model.neighbor_margin <= 10, "model.neighbor_margin",
            model.neighbor_margin, "must be between 0 (automatic) and 10")
     if model.path == "default":

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.gpu import captured
+
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
@@ -142,15 +144,7 @@ def test_padded_module_captures_in_a_cuda_graph(policy, backend):
     module = _padded_module(system, policy, backend)
     box = torch.tensor(system.box, device="cuda", dtype=torch.float32)
     static_pos = torch.tensor(system.positions, device="cuda", dtype=torch.float32)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):  # TorchScript's profiling runs happen before capture
-            module(static_pos, box)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        energy, forces = module(static_pos, box)
+    graph, (energy, forces) = captured(module, static_pos, box)
     moved = system.positions + np.random.default_rng(1).normal(scale=0.01, size=system.positions.shape)
     static_pos.copy_(torch.tensor(moved, device="cuda", dtype=torch.float32))
     graph.replay()

@@ -128,6 +128,8 @@ def test_margin_without_fixed_capacity_is_refused(tmp_path, tmp_path_factory, ca
 @pytest.mark.parametrize("extra, output, message", [
     (["--fixed-capacity", "--margin", "-1"], "x.pt", "must be a finite fraction"),
     (["--neighbor-list", "native"], "x.pt", "add --fixed-capacity"),
+    (["--compiler", "inductor"], "x.pt", "compiles for fixed shapes; add --fixed-capacity"),
+    (["--compiler", "inductor", "--fixed-capacity", "--backend", "cueq"], "x.pt", "backend='e3nn' with compiler"),
     ([], ".", "is a directory"),
     ([], "blocker/x.pt", "is a file, not a directory"),
 ])

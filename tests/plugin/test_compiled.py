@@ -1,0 +1,113 @@
+"""compiler="inductor": MACE's energy and forces compiled ahead of time, run from TorchScript.
+
+The compiled module must give the TorchScript module's energy and forces (same policy, same
+fixed-capacity list) and float64 eager mace's within the fp32 policy's error, also from a saved
+file in plain openmm-torch (the package travels inside the file), and keep the guards of
+``MACEForce`` (non-finite positions poison the result). One compile (CPU, ~1 min on 2 cores)
+serves every test here.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from openmm_mace_lp import native
+from openmm_mace_lp.compiled import check_compiler
+from openmm_mace_lp.export import build_force_module
+from openmm_mace_lp.neighbors import plan_capacity
+
+from .helpers import eager_reference, model, model_file, openmm_state, rel_error, torchforce_system, water_box
+
+
+@pytest.fixture(scope="module")
+def modules():
+    """(system, capacity, compiled module, TorchScript module): fp32, e3nn, one periodic water box."""
+    if native.disabled_by_environment():
+        pytest.skip("OPENMM_MACE_LP_NATIVE=0 turns the native library (mace_lp::AOTIPackage) off")
+    assert native.available("cpu"), native.state().problem
+    system = water_box(2)
+    mace = model("both")
+    capacity = plan_capacity(len(system.positions), float(mace.r_max), system.box * 10.0, system.positions * 10.0)
+    common = dict(periodic=True, capacity=capacity)
+    compiled = build_force_module(mace, "fp32", "e3nn", system.atomic_numbers, compiler="inductor", **common)
+    scripted = build_force_module(mace, "fp32", "e3nn", system.atomic_numbers, compiler="torchscript", **common)
+    return system, capacity, compiled, scripted
+
+
+def _call(module, system, positions=None):
+    pos = torch.tensor(system.positions if positions is None else positions, dtype=torch.float64)
+    energy, forces = module(pos, torch.tensor(system.box, dtype=torch.float64))
+    return float(energy), forces.detach().double().numpy().copy()
+
+
+def test_compiled_equals_torchscript_and_eager_float64(modules, tmp_path):
+    system, _, compiled, scripted = modules
+    energy, forces = _call(compiled, system)
+    ts_energy, ts_forces = _call(scripted, system)
+    # Same float32 arithmetic, fused in another order: agreement to float32 rounding.
+    assert rel_error(forces, ts_forces) < 2e-6
+    assert abs(energy - ts_energy) < 2e-6 * abs(ts_energy) + 1e-4
+    # The independent reference: mace's own calculator in float64 (its energy includes the E0s).
+    reference_energy, reference_forces = eager_reference(model_file(tmp_path), system)
+    assert rel_error(forces, reference_forces) < 1e-4
+    assert abs(energy + e0_sum(system) - reference_energy) < 1e-5 * abs(reference_energy) + 1e-3
+
+
+def e0_sum(system) -> float:
+    """The model's isolated-atom energies summed over the system, kJ/mol."""
+    from openmm_mace_lp.export import EV_TO_KJ_PER_MOL
+
+    mace = model("both")
+    table = [int(z) for z in mace.atomic_numbers]
+    e0 = mace.atomic_energies_fn.atomic_energies.detach().double().numpy().reshape(-1)
+    return float(sum(e0[table.index(z)] for z in system.atomic_numbers)) * EV_TO_KJ_PER_MOL
+
+
+def test_saved_file_runs_in_plain_openmm_torch_without_the_package_file(modules, tmp_path):
+    system, _, compiled, scripted = modules
+    path = tmp_path / "compiled.pt"
+    torch.jit.save(compiled, str(path))
+    energy, forces = openmm_state(torchforce_system(path, system), system)
+    direct_energy, direct_forces = _call(compiled, system)
+    assert abs(energy - direct_energy) < 1e-6 * abs(direct_energy) + 1e-5
+    assert rel_error(forces, direct_forces) < 1e-6
+
+
+def test_moved_atoms_change_the_result_as_in_torchscript(modules):
+    """The package reads its inputs on every call (nothing of the first call's values is baked in)."""
+    system, _, compiled, scripted = modules
+    moved = system.positions + np.random.default_rng(3).normal(0.0, 0.002, system.positions.shape)
+    energy, forces = _call(compiled, system, moved)
+    ts_energy, ts_forces = _call(scripted, system, moved)
+    assert rel_error(forces, ts_forces) < 2e-6 and abs(energy - ts_energy) < 2e-6 * abs(ts_energy) + 1e-4
+    assert rel_error(forces, _call(compiled, system)[1]) > 1e-3
+
+
+def test_non_finite_positions_poison_the_compiled_result(modules):
+    system, _, compiled, _ = modules
+    bad = system.positions.copy()
+    bad[1, 2] = np.nan
+    energy, forces = _call(compiled, system, bad)
+    assert math.isnan(energy) and np.isnan(forces).all()
+
+
+def test_compiler_choices_are_checked_with_the_fix():
+    with pytest.raises(ValueError, match="fixed-capacity neighbour list"):
+        check_compiler("inductor", fixed_capacity=False)
+    with pytest.raises(ValueError, match="'torchscript', 'inductor'"):
+        check_compiler("aot", fixed_capacity=True)
+    check_compiler("torchscript", fixed_capacity=False)
+
+
+@pytest.mark.parametrize("backend", ["cueq", "cueq-fused"])
+def test_cuequivariance_backends_are_refused_before_any_compile(backend):
+    """Their packages crash at the first run (compiled.COMPILED_BACKENDS): refused with the fix."""
+    system = water_box(2)
+    mace = model("both")
+    capacity = plan_capacity(len(system.positions), float(mace.r_max), system.box * 10.0, system.positions * 10.0)
+    with pytest.raises(ValueError, match="backend='e3nn' with compiler='inductor'"):
+        build_force_module(mace, "fp32", backend, system.atomic_numbers, periodic=True, capacity=capacity,
+                           compiler="inductor")
