@@ -25,6 +25,12 @@ set -uo pipefail
 OUT=${OUT:-build/out}; mkdir -p "$OUT" build/active_learning
 END_S=${END_S:-540}; EPOCHS=${EPOCHS:-24}; SAMPLE_MIN=${SAMPLE_MIN:-3}; STRIDE=${STRIDE:-2}
 NEXT_TEMPS=${NEXT_TEMPS:-300,260,350}
+# More mace options for the training, space-separated KEY=VALUE (train_water.py --set), e.g.
+# TRAIN_SETS="stage_two_stress_weight=100000": the density follows the pressure error on the
+# model's own frames (benchmarks/results/active_learning_2026-12-01_h200.md), i.e. the stress.
+read -r -a train_sets <<< "${TRAIN_SETS:-}"
+train_set_args=()
+for kv in "${train_sets[@]}"; do train_set_args+=(--set "$kv"); done
 # model_npt_periodic frames are where the model was wrong and ~10 % of the frames: weigh them twice.
 WEIGHTS=${WEIGHTS:-'{"Default":1.0,"rattled_periodic":0.1,"rattled_cluster":0.1,"close_contact":0.1,"model_npt_periodic":2.0}'}
 from=${FROM_MODEL:-systems/models/mace-water-amoeba.model}
@@ -48,7 +54,7 @@ runs_with_frames() {  # RUN_DIR:SPLIT for each run of $1 (stage dir) that wrote 
 
 python3 -m openmm_mace_lp.systems.recipes.train_water --device cuda --epochs "$EPOCHS" \
   --set "foundation_model=$PWD/$from" --set multiheads_finetuning=False --set lr=0.005 \
-  --set "config_type_weights=$WEIGHTS" \
+  --set "config_type_weights=$WEIGHTS" "${train_set_args[@]}" \
   --work-dir "$dir/train" --models-dir "$dir/models" > "$dir/train.log" 2>&1 &
 train_pid=$!
 runs=()

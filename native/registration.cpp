@@ -8,4 +8,7 @@ TORCH_LIBRARY(mace_lp, m) {
   // cell, 1 if the grid still covers the cutoff).
   m.def("cell_list(Tensor positions, Tensor? cell, float cutoff, int[] grid, Tensor stencil, int cell_capacity, "
         "int edge_capacity) -> (Tensor edges, Tensor shifts, Tensor stats)");
+  // linears.PolicyDense under the tf32 policy on CUDA: x rounded to TF32, float32 sum and
+  // result (tf32_mm.cpp: TF32 tensor cores on CUDA, the exact emulation on the CPU).
+  m.def("tf32_mm(Tensor x, Tensor weight) -> Tensor");
 }

@@ -30,7 +30,7 @@ from .atomic import atomic_path, atomic_write_text
 from .backend import CUEQ_BACKENDS, convert_to_cueq, make_scriptable, model_layout, resolve_backend
 from .compiled import INDUCTOR, TORCHSCRIPT, check_compiled_backend, check_compiler, compiled_model
 from .fused_conv import fuse_convolutions, keep_weights_low
-from .linears import apply_policy_layers
+from .linears import TF32_NATIVE, apply_policy_layers, resolve_tf32_impl, use_native_tf32
 from .neighbors import (CANDIDATES_PER_CHUNK, NATIVE_LIST, TORCHSCRIPT_LIST, NeighborCapacity, native_cell_list,
                         neighbor_list, padded_neighbor_list, resolve_neighbor_list_impl)
 from .policy import MATMUL_BF16, MATMUL_FP16, Policy, get_policy, require_fp32_accumulation
@@ -262,6 +262,7 @@ class ExportSpec:
     scaled: bool = False
     neighbor_list_impl: str = TORCHSCRIPT_LIST
     compiler: str = TORCHSCRIPT
+    tf32_impl: str = ""
     versions: Dict[str, str] = field(default_factory=dict)
     source_sha256: str = ""
 
@@ -359,6 +360,8 @@ def build_force_module(
     check_compiled_backend(compiler, backend)
     element_index = check_elements(model, atomic_numbers)
     prepared, _ = prepare_model(model, policy, backend)
+    if resolve_tf32_impl(policy.matmul_mode, device.type) == TF32_NATIVE:
+        use_native_tf32(prepared)
     node_attrs = torch.nn.functional.one_hot(
         torch.tensor(element_index, dtype=torch.long), num_classes=len(model.atomic_numbers)
     )
@@ -452,6 +455,7 @@ def export_to_file(
         scaled=bool(scaled),
         neighbor_list_impl=impl,
         compiler=compiler,
+        tf32_impl=resolve_tf32_impl(policy.matmul_mode, device.type),
         versions=library_versions(),
         source_sha256=source_digest(),
     )

@@ -80,17 +80,50 @@ def _policy_weights(weight: torch.Tensor, mode: int, dtype: torch.dtype) -> Tupl
 
 
 class PolicyDense(torch.nn.Module):
-    """x @ W with W stored in the forms a policy needs (no bias)."""
+    """x @ W with W stored in the forms a policy needs (no bias).
+
+    ``native_tf32`` (set by ``use_native_tf32``; a constant, so TorchScript compiles only the
+    chosen call): the tf32 GEMM goes through ``mace_lp::tf32_mm`` (native/tf32_mm.cpp), TF32
+    tensor cores on CUDA, instead of the emulation (the same numbers, without tensor cores).
+    """
+
+    __constants__ = ["native_tf32"]
 
     def __init__(self, weight: torch.Tensor, mode: int, dtype: torch.dtype) -> None:
         super().__init__()
         self.mode = mode
+        self.native_tf32 = False
         used, low = _policy_weights(weight, mode, dtype)
         self.register_buffer("weight", used)
         self.register_buffer("weight_low", low)
 
     def forward(self, x: torch.Tensor, keep_low: bool = False) -> torch.Tensor:
+        if self.native_tf32:
+            return torch.ops.mace_lp.tf32_mm(x, self.weight)
         return policy_matmul(x, self.weight, self.weight_low, self.mode, keep_low)
+
+
+# How the tf32 policy's GEMMs run in an export (ExportSpec.tf32_impl): "native" (mace_lp::tf32_mm)
+# or "emulated" (round_to_tf32 + a float32 GEMM); "" for the other policies.
+TF32_NATIVE, TF32_EMULATED = "native", "emulated"
+
+
+def resolve_tf32_impl(mode: int, device_type: str) -> str:
+    """Native TF32 GEMMs on CUDA where the native library is loaded; the emulation elsewhere
+    (on the CPU the two give the same numbers, and the emulation needs no library)."""
+    if mode != MATMUL_TF32:
+        return ""
+    from . import native
+
+    return TF32_NATIVE if device_type == "cuda" and native.available("cpu") else TF32_EMULATED
+
+
+def use_native_tf32(model: torch.nn.Module) -> int:
+    """Route every tf32 PolicyDense of ``model`` through ``mace_lp::tf32_mm``; how many."""
+    layers = [m for m in model.modules() if isinstance(m, PolicyDense) and m.mode == MATMUL_TF32]
+    for layer in layers:
+        layer.native_tf32 = True
+    return len(layers)
 
 
 @dataclass
