@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from .backend import BACKENDS
+from .linears import TF32_EMULATED, TF32_NATIVE
 from .policy import DEFAULT_POLICY, POLICIES, describe_policies
 
 
@@ -35,8 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="spare edge capacity with --fixed-capacity, a fraction (default 0.1)")
     export.add_argument("--neighbor-list", default="torchscript", choices=["torchscript", "native"],
                         help="with --fixed-capacity: the TorchScript list (default: the file runs in plain "
-                             "openmm-torch) or this package's native operator (faster; the process must load "
-                             "openmm_mace_lp.native.library_paths() first)")
+                             "openmm-torch) or this package's native operators (the list, and TF32 tensor cores for "
+                             "--policy tf32 on CUDA; the process must load openmm_mace_lp.native.library_paths() "
+                             "first)")
     export.add_argument("--compiler", default="torchscript", choices=["torchscript", "inductor"],
                         help="with --fixed-capacity and --backend e3nn: inductor compiles energy and forces "
                              "ahead of time (AOTInductor, for --device); the process must import openmm_mace_lp "
@@ -83,6 +85,9 @@ def _export(args: argparse.Namespace) -> int:
         periodic=topology.getPeriodicBoxVectors() is not None, device=args.device, energy_type=args.energy,
         capacity=capacity, neighbor_list=args.neighbor_list if capacity is not None else None,
         compiler=args.compiler,
+        # A file for plain openmm-torch uses no native operator unless --neighbor-list native
+        # asks for them: then the tf32 policy's GEMMs are native on CUDA too.
+        tf32_impl=TF32_NATIVE if args.neighbor_list == "native" and capacity is not None else TF32_EMULATED,
     )
     meta = read_metadata(path)
     fixed = meta.get("neighbor_capacity")

@@ -33,7 +33,7 @@ from .fused_conv import fuse_convolutions, keep_weights_low
 from .linears import TF32_NATIVE, apply_policy_layers, resolve_tf32_impl, use_native_tf32
 from .neighbors import (CANDIDATES_PER_CHUNK, NATIVE_LIST, TORCHSCRIPT_LIST, NeighborCapacity, native_cell_list,
                         neighbor_list, padded_neighbor_list, resolve_neighbor_list_impl)
-from .policy import MATMUL_BF16, MATMUL_FP16, Policy, get_policy, require_fp32_accumulation
+from .policy import MATMUL_BF16, MATMUL_FP16, MATMUL_TF32, Policy, get_policy, require_fp32_accumulation
 
 logger = logging.getLogger(__name__)
 
@@ -343,13 +343,15 @@ def build_force_module(
     scaled: bool = False,
     neighbor_list: Optional[str] = None,
     compiler: str = TORCHSCRIPT,
+    tf32_impl: Optional[str] = None,
 ) -> torch.jit.ScriptModule:
     """The scripted MACEForce for these atoms, on ``device``.
 
     ``neighbor_list``: "native", "torchscript", or None for the native operator where its
     library is loaded for ``device`` (fixed capacities only; see ``MACEForce``). ``compiler``
     "inductor" replaces the model by its AOTInductor package (``compiled.py``; fixed
-    capacities only), compiled here for ``device``."""
+    capacities only), compiled here for ``device``. ``tf32_impl`` (tf32 policy): "native"
+    (``mace_lp::tf32_mm``), "emulated", or None for ``linears.resolve_tf32_impl``'s choice."""
     policy = get_policy(policy_name)
     device = torch.device(device)
     backend = resolve_backend(backend, device)
@@ -360,7 +362,7 @@ def build_force_module(
     check_compiled_backend(compiler, backend)
     element_index = check_elements(model, atomic_numbers)
     prepared, _ = prepare_model(model, policy, backend)
-    if resolve_tf32_impl(policy.matmul_mode, device.type) == TF32_NATIVE:
+    if (tf32_impl or resolve_tf32_impl(policy.matmul_mode, device.type)) == TF32_NATIVE:
         use_native_tf32(prepared)
     node_attrs = torch.nn.functional.one_hot(
         torch.tensor(element_index, dtype=torch.long), num_classes=len(model.atomic_numbers)
@@ -423,13 +425,14 @@ def export_to_file(
     scaled: bool = False,
     neighbor_list: Optional[str] = None,
     compiler: str = TORCHSCRIPT,
+    tf32_impl: Optional[str] = None,
 ) -> Path:
     """The TorchScript file for this model, policy and system: from the cache, or built into it.
 
     With ``output`` the cached file is also copied there (atomically) for the user to keep. With
     a ``capacity`` the neighbour list has fixed shapes (CUDA-graph capturable); ``scaled``: see
-    ``MACEForce``; ``neighbor_list`` and ``compiler``: see ``build_force_module`` (both are part of
-    the cache key and of the file's metadata).
+    ``MACEForce``; ``neighbor_list``, ``compiler`` and ``tf32_impl``: see ``build_force_module``
+    (all are part of the cache key and of the file's metadata).
     """
     from .model_files import cache_dir, check_model_path, load_mace_model, sha256_of
 
@@ -455,7 +458,8 @@ def export_to_file(
         scaled=bool(scaled),
         neighbor_list_impl=impl,
         compiler=compiler,
-        tf32_impl=resolve_tf32_impl(policy.matmul_mode, device.type),
+        tf32_impl=(tf32_impl or resolve_tf32_impl(policy.matmul_mode, device.type))
+        if policy.matmul_mode == MATMUL_TF32 else "",
         versions=library_versions(),
         source_sha256=source_digest(),
     )
@@ -466,6 +470,7 @@ def export_to_file(
             model, policy_name, resolved_backend, atomic_numbers, atom_indices=atom_indices,
             num_atoms_total=num_atoms_total, periodic=periodic, device=device, energy_type=energy_type,
             capacity=capacity, scaled=scaled, neighbor_list=impl, compiler=compiler,
+            tf32_impl=spec.tf32_impl or None,
         )
         metadata = {**asdict(spec), "model_path": os.fspath(model_path), "cutoff_angstrom": float(model.r_max)}
         with atomic_path(cached) as tmp:

@@ -63,3 +63,36 @@ def test_only_tf32_on_cuda_takes_the_native_gemm():
     assert resolve_tf32_impl(MATMUL_TF32, "cuda") == TF32_NATIVE
     assert resolve_tf32_impl(MATMUL_TF32, "cpu") == TF32_EMULATED
     assert resolve_tf32_impl(MATMUL_BF16, "cuda") == ""
+
+
+def test_a_tf32_model_through_the_native_gemm_equals_its_emulation():
+    """The whole exported module, every dense layer routed through mace_lp::tf32_mm (as on CUDA),
+    gives the emulated module's energy and forces on the CPU, bit for bit."""
+    from openmm_mace_lp.export import build_force_module
+
+    from .helpers import model, water_box
+
+    system = water_box(2)
+    pos = torch.tensor(system.positions, dtype=torch.float32)
+    box = torch.tensor(system.box, dtype=torch.float32)
+    results = {}
+    for impl in (TF32_NATIVE, TF32_EMULATED):
+        module = build_force_module(model("both"), "tf32", "e3nn", system.atomic_numbers, periodic=True,
+                                    tf32_impl=impl)
+        assert ("mace_lp::tf32_mm" in str(module.inlined_graph)) == (impl == TF32_NATIVE)
+        results[impl] = [t.detach().clone() for t in module(pos, box)]
+    assert all(torch.equal(a, b) for a, b in zip(results[TF32_NATIVE], results[TF32_EMULATED]))
+
+
+def test_exports_for_plain_openmm_torch_keep_the_emulation(tmp_path, monkeypatch):
+    from openmm_mace_lp.export import export_to_file, read_metadata
+
+    from .helpers import model_file, water_box
+
+    monkeypatch.setenv("OPENMM_MACE_LP_CACHE", str(tmp_path / "cache"))
+    system = water_box(2)
+    path = export_to_file(model_file(tmp_path), "tf32", "e3nn", system.atomic_numbers, periodic=True,
+                          tf32_impl=TF32_EMULATED)
+    assert read_metadata(path)["tf32_impl"] == TF32_EMULATED
+    assert read_metadata(export_to_file(model_file(tmp_path), "fp32", "e3nn", system.atomic_numbers,
+                                        periodic=True))["tf32_impl"] == ""
