@@ -68,10 +68,13 @@ def require_package_class() -> None:
     from . import native
 
     if not native.available("cpu"):
+        state = native.state()
+        cause = "OPENMM_MACE_LP_NATIVE=0 turns it off" if native.disabled_by_environment() else (
+            state.problem or "it was not built")
         raise CompilerUnavailable(
-            f"compiler='inductor' needs the native library (mace_lp::AOTIPackage), which is not loaded: "
-            f"{native.state().reason or 'unknown cause'}. Reinstall the package where CMake and a C++ "
-            f"compiler are found (pip install -e .), or use compiler='torchscript'.")
+            f"compiler='inductor' needs the native library (mace_lp::AOTIPackage), which is not loaded: {cause}. "
+            f"Unset OPENMM_MACE_LP_NATIVE, or reinstall the package where CMake and a C++ compiler are found "
+            f"(pip install -e .), or use compiler='torchscript'.")
 
 
 def energy_forces_function(model: torch.nn.Module, node_attrs: torch.Tensor,

@@ -111,3 +111,11 @@ def test_cuequivariance_backends_are_refused_before_any_compile(backend):
     with pytest.raises(ValueError, match="backend='e3nn' with compiler='inductor'"):
         build_force_module(mace, "fp32", backend, system.atomic_numbers, periodic=True, capacity=capacity,
                            compiler="inductor")
+
+
+def test_without_the_native_library_the_compiled_path_says_how_to_get_it(monkeypatch):
+    from openmm_mace_lp.compiled import CompilerUnavailable, require_package_class
+
+    monkeypatch.setenv("OPENMM_MACE_LP_NATIVE", "0")
+    with pytest.raises(CompilerUnavailable, match="OPENMM_MACE_LP_NATIVE=0 turns it off.*compiler='torchscript'"):
+        require_package_class()
