@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 from datetime import date
 from pathlib import Path

@@ -71,12 +71,13 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .compiled import COMPILERS, INDUCTOR, TORCHSCRIPT
 
 DEFAULT_POLICIES = ("fp64", "fp32", "tf32", "bf16", "fp16")
 ANCHOR_BACKEND = "openmm-ml-1.8"
@@ -125,7 +126,7 @@ class BenchSettings:
     neighbor_lists: List[Optional[str]] = field(default_factory=lambda: [None])
     # How the model runs inside the exported module: "torchscript", or "inductor" (AOTInductor,
     # compiled.py; fixed-capacity list, so such rows build the fixed list even without graphs).
-    compilers: List[str] = field(default_factory=lambda: ["torchscript"])
+    compilers: List[str] = field(default_factory=lambda: [TORCHSCRIPT])
     # Both engines' thermostat: LangevinMiddle (OpenMM) and FastMACE's Langevin.
     temperature_K: float = 300.0
     friction_per_ps: float = 1.0
@@ -462,11 +463,11 @@ def row_neighbor_list(choice: Optional[str], device: str, graphs: bool) -> str:
 
 def bench_row(settings: BenchSettings, model_path: str, structure, backend: str, policy: str, graphs: bool,
               references: References, anchor: Optional[Dict[str, object]],
-              neighbor_list: Optional[str] = None, compiler: str = "torchscript") -> Dict[str, object]:
+              neighbor_list: Optional[str] = None, compiler: str = TORCHSCRIPT) -> Dict[str, object]:
     from openmmml import MLPotential
 
     numbers = [a.element.atomic_number for a in structure.topology.atoms()]
-    fixed = neighbor_list is not None or compiler != "torchscript"
+    fixed = neighbor_list is not None or compiler != TORCHSCRIPT
     row: Dict[str, object] = {"atoms": len(numbers), "backend": backend, "policy": policy, "cuda_graphs": graphs,
                               "neighbor_list": row_neighbor_list(neighbor_list, settings.device, graphs or fixed),
                               "compiler": compiler}
@@ -952,7 +953,7 @@ def _tiled(row: dict) -> str:
 def _backend_cell(row: dict) -> str:
     """The backend, and the neighbour list where it is this package's native operator."""
     notes = [note for note, shown in (("native list", row.get("neighbor_list") == "native"),
-                                      ("inductor", row.get("compiler") == "inductor")) if shown]
+                                      (INDUCTOR, row.get("compiler") == INDUCTOR)) if shown]
     return f"{row['backend']} ({', '.join(notes)})" if notes else str(row["backend"])
 
 
@@ -1028,7 +1029,7 @@ def register(subparsers) -> None:
     parser.add_argument("--neighbor-lists", default="default",
                         help="comma-separated: default (the export's choice for the device), native (this "
                              "package's mace_lp::cell_list, fixed capacity), torchscript")
-    parser.add_argument("--compilers", default="torchscript",
+    parser.add_argument("--compilers", default=TORCHSCRIPT,
                         help="how the model runs in the exported module: torchscript and/or inductor (AOTInductor)")
     parser.add_argument("--dt-fs", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=3.0, help="timed MD seconds per row")
@@ -1067,8 +1068,6 @@ def _run_command(args) -> int:
     if unknown:
         raise ValueError(f"--neighbor-lists {args.neighbor_lists!r}: {unknown[0]!r} is not one; use default, "
                          f"{' and/or '.join(NEIGHBOR_LIST_IMPLS)}, comma-separated.")
-    from .compiled import COMPILERS
-
     compilers = args.compilers.split(",")
     if any(name not in COMPILERS for name in compilers):
         raise ValueError(f"--compilers {args.compilers!r}: use {' and/or '.join(COMPILERS)}, comma-separated.")

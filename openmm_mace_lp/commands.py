@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from .backend import BACKENDS
+from .compiled import COMPILERS, INDUCTOR, TORCHSCRIPT
 from .linears import TF32_EMULATED, TF32_NATIVE
 from .policy import DEFAULT_POLICY, POLICIES, describe_policies
 
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "openmm-torch) or this package's native operators (the list, and TF32 tensor cores for "
                              "--policy tf32 on CUDA; the process must load openmm_mace_lp.native.library_paths() "
                              "first)")
-    export.add_argument("--compiler", default="torchscript", choices=["torchscript", "inductor"],
+    export.add_argument("--compiler", default=TORCHSCRIPT, choices=list(COMPILERS),
                         help="with --fixed-capacity and --backend e3nn: inductor compiles energy and forces "
                              "ahead of time (AOTInductor, for --device); the process must import openmm_mace_lp "
                              "(its native library runs the compiled code)")
@@ -66,7 +67,7 @@ def _export(args: argparse.Namespace) -> int:
         raise ValueError("--margin sizes the fixed-capacity neighbour list; add --fixed-capacity.")
     if args.neighbor_list == "native" and not args.fixed_capacity:
         raise ValueError("--neighbor-list native is the fixed-capacity list's operator; add --fixed-capacity.")
-    if args.compiler == "inductor" and not args.fixed_capacity:
+    if args.compiler == INDUCTOR and not args.fixed_capacity:
         raise ValueError("--compiler inductor compiles for fixed shapes; add --fixed-capacity.")
     from .potential import check_margin
 

@@ -51,7 +51,14 @@ def check_compiler(compiler: str, fixed_capacity: bool) -> None:
         raise ValueError(f"compiler={compiler!r} is not one; use one of {', '.join(map(repr, COMPILERS))}.")
     if compiler == INDUCTOR and not fixed_capacity:
         raise ValueError("compiler='inductor' compiles for fixed shapes: it needs the fixed-capacity neighbour "
-                         "list (fixedNeighborList=True, or CUDA graphs, which imply it).")
+                         "list, which it implies; leave fixedNeighborList unset (or True), or use "
+                         "compiler='torchscript' for the data-sized list.")
+
+
+def backend_request(compiler: str, backend: str) -> str:
+    """The backend to resolve for this compiler: "auto" means the first of ``COMPILED_BACKENDS``
+    for compiled code (on CUDA it would otherwise pick cuEquivariance, which is refused)."""
+    return COMPILED_BACKENDS[0] if compiler == INDUCTOR and backend == "auto" else backend
 
 
 def check_compiled_backend(compiler: str, backend: str) -> None:

@@ -28,12 +28,13 @@ import torch
 from . import __version__
 from .atomic import atomic_path, atomic_write_text
 from .backend import CUEQ_BACKENDS, convert_to_cueq, make_scriptable, model_layout, resolve_backend
-from .compiled import INDUCTOR, TORCHSCRIPT, check_compiled_backend, check_compiler, compiled_model
+from .compiled import (INDUCTOR, TORCHSCRIPT, backend_request, check_compiled_backend, check_compiler,
+                       compiled_model)
 from .fused_conv import fuse_convolutions, keep_weights_low
 from .linears import TF32_NATIVE, apply_policy_layers, resolve_tf32_impl, use_native_tf32
 from .neighbors import (CANDIDATES_PER_CHUNK, NATIVE_LIST, TORCHSCRIPT_LIST, NeighborCapacity, native_cell_list,
                         neighbor_list, padded_neighbor_list, resolve_neighbor_list_impl)
-from .policy import MATMUL_BF16, MATMUL_FP16, MATMUL_TF32, Policy, get_policy, require_fp32_accumulation
+from .policy import MATMUL_BF16, MATMUL_FP16, Policy, get_policy, require_fp32_accumulation
 
 logger = logging.getLogger(__name__)
 
@@ -354,7 +355,7 @@ def build_force_module(
     (``mace_lp::tf32_mm``), "emulated", or None for ``linears.resolve_tf32_impl``'s choice."""
     policy = get_policy(policy_name)
     device = torch.device(device)
-    backend = resolve_backend(backend, device)
+    backend = resolve_backend(backend_request(compiler, backend), device)
     impl = resolve_neighbor_list_impl(neighbor_list, device.type, capacity is not None)
     if energy_type not in ENERGY_TYPES:
         raise ValueError(f"Unknown returnEnergyType {energy_type!r}; use one of {', '.join(ENERGY_TYPES)}.")
@@ -362,7 +363,7 @@ def build_force_module(
     check_compiled_backend(compiler, backend)
     element_index = check_elements(model, atomic_numbers)
     prepared, _ = prepare_model(model, policy, backend)
-    if (tf32_impl or resolve_tf32_impl(policy.matmul_mode, device.type)) == TF32_NATIVE:
+    if resolve_tf32_impl(policy.matmul_mode, device.type, tf32_impl) == TF32_NATIVE:
         use_native_tf32(prepared)
     node_attrs = torch.nn.functional.one_hot(
         torch.tensor(element_index, dtype=torch.long), num_classes=len(model.atomic_numbers)
@@ -439,7 +440,7 @@ def export_to_file(
     policy = get_policy(policy_name)
     require_fp32_accumulation(policy)
     device = torch.device(device)
-    resolved_backend = resolve_backend(backend, device)
+    resolved_backend = resolve_backend(backend_request(compiler, backend), device)
     check_model_path(model_path)
     impl = resolve_neighbor_list_impl(neighbor_list, device.type, capacity is not None)
     check_compiler(compiler, capacity is not None)
@@ -458,8 +459,7 @@ def export_to_file(
         scaled=bool(scaled),
         neighbor_list_impl=impl,
         compiler=compiler,
-        tf32_impl=(tf32_impl or resolve_tf32_impl(policy.matmul_mode, device.type))
-        if policy.matmul_mode == MATMUL_TF32 else "",
+        tf32_impl=resolve_tf32_impl(policy.matmul_mode, device.type, tf32_impl),
         versions=library_versions(),
         source_sha256=source_digest(),
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -108,11 +108,16 @@ class PolicyDense(torch.nn.Module):
 TF32_NATIVE, TF32_EMULATED = "native", "emulated"
 
 
-def resolve_tf32_impl(mode: int, device_type: str) -> str:
-    """Native TF32 GEMMs on CUDA where the native library is loaded; the emulation elsewhere
-    (on the CPU the two give the same numbers, and the emulation needs no library)."""
+def resolve_tf32_impl(mode: int, device_type: str, requested: Optional[str] = None) -> str:
+    """How an export's tf32 GEMMs run: ``requested`` when given, else native TF32 GEMMs on CUDA
+    where the native library is loaded and the emulation elsewhere (on the CPU the two give the
+    same numbers, and the emulation needs no library); "" for the other policies."""
+    if requested not in (None, TF32_NATIVE, TF32_EMULATED):
+        raise ValueError(f"tf32_impl={requested!r}: use {TF32_NATIVE!r}, {TF32_EMULATED!r} or None (automatic).")
     if mode != MATMUL_TF32:
         return ""
+    if requested is not None:
+        return requested
     from . import native
 
     return TF32_NATIVE if device_type == "cuda" and native.available("cpu") else TF32_EMULATED

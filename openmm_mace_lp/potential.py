@@ -26,7 +26,7 @@ from openmmml.mlpotential import MLPotentialImpl
 
 from .backend import BACKENDS
 from .capacity import record_export
-from .compiled import check_compiler
+from .compiled import INDUCTOR, check_compiler
 from .model_files import KNOWN_MODELS, LOCAL_MODEL_NAME
 from .policy import get_policy
 
@@ -183,7 +183,8 @@ class MACELPPotentialImpl(MLPotentialImpl):
         or None for the native one where it is the default (``neighbors.resolve_neighbor_list_impl``);
         it chooses the fixed-capacity list, so "native" needs ``fixedNeighborList`` or CUDA graphs.
         ``compiler``: "torchscript" (TorchScript runs the model) or "inductor" (the model's energy
-        and forces compiled ahead of time by AOTInductor, ``compiled.py``; fixed capacities only).
+        and forces compiled ahead of time by AOTInductor, ``compiled.py``; it implies the
+        fixed-capacity list, as CUDA graphs do).
         ``scale_parameter`` (name, default): the force's energy and forces are multiplied by
         that global parameter of the Context."""
         import torch
@@ -217,7 +218,8 @@ class MACELPPotentialImpl(MLPotentialImpl):
                                  f"{scale_parameter[0]!r} on every step, which a captured CUDA graph does not "
                                  f"see change (openmm-torch 1.5); leave cudaGraphs unset or False.")
             graphs = False
-        fixed = graphs if fixedNeighborList is None else bool(fixedNeighborList)
+        # CUDA graphs and compiled code have fixed shapes: either implies the fixed list.
+        fixed = (graphs or compiler == INDUCTOR) if fixedNeighborList is None else bool(fixedNeighborList)
         if graphs and not fixed:
             raise ValueError("cudaGraphs=True needs the fixed-capacity neighbour list (a CUDA graph "
                              "cannot change shape); pass fixedNeighborList=True, or cudaGraphs=False.")

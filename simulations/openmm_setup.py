@@ -88,27 +88,17 @@ def mace_system(config: SimulationConfig, structure: StartStructure, margin: flo
     apply_cpu_threads(config)
 
     model_path = None if config.model.path == "default" else config.model.path
-    compiled = config.model.compiler == "inductor"
-    # The compiled path runs on e3nn only (compiled.COMPILED_BACKENDS): "auto" means e3nn there.
-    backend = "e3nn" if compiled and config.model.backend == "auto" else config.model.backend
-    potential = MLPotential("mace-lp", modelPath=model_path, policy=config.model.policy, backend=backend)
+    potential = MLPotential("mace-lp", modelPath=model_path, policy=config.model.policy,
+                            backend=config.model.backend)
     topology = _topology_with_box(structure)
     margin = margin or config.model.neighbor_margin or (0.1 if config.ensemble == "npt" else 0.05)
     neighbors = config.model.neighbor_list
     system = potential.createSystem(
         topology, device=config.platform.device, platform=config.platform.name,
         cudaGraphs=cuda_graphs_argument(config.model.cuda_graphs, neighbors),
-        fixedNeighborList=fixed_list_argument(neighbors, compiled),
+        fixedNeighborList=None if neighbors == "auto" else neighbors == "fixed",
         positions=structure.positions, neighborMargin=margin, compiler=config.model.compiler)
     return system
-
-
-def fixed_list_argument(neighbors: str, compiled: bool) -> "bool | None":
-    """``createSystem``'s fixedNeighborList: None lets the plug-in decide ("auto"), except that
-    compiled code has fixed shapes and needs the fixed-capacity list."""
-    if neighbors == "auto":
-        return True if compiled else None
-    return neighbors == "fixed"
 
 
 def cuda_graphs_argument(cuda_graphs: "bool | str", neighbors: str) -> "bool | None":

@@ -15,26 +15,40 @@ import pytest
 import torch
 
 from openmm_mace_lp import native
-from openmm_mace_lp.compiled import check_compiler
+from openmm_mace_lp.compiled import backend_request, check_compiler
 from openmm_mace_lp.export import build_force_module
-from openmm_mace_lp.neighbors import plan_capacity
+from openmm_mace_lp.neighbors import NeighborCapacity, plan_capacity
 
 from .helpers import eager_reference, model, model_file, openmm_state, rel_error, torchforce_system, water_box
 
 
 @pytest.fixture(scope="module")
-def modules():
-    """(system, capacity, compiled module, TorchScript module): fp32, e3nn, one periodic water box."""
+def modules(tmp_path_factory):
+    """(system, capacity, compiled module, TorchScript module): fp32, one periodic water box.
+
+    The compiled one comes through the public API, ``createSystem(compiler="inductor")`` with
+    neither a backend nor ``fixedNeighborList``: the export must pick e3nn and the fixed list
+    itself. The TorchScript one is built for the same capacities."""
+    from openmmml import MLPotential
+
+    from openmm_mace_lp.bench import exported_module_path
+    from openmm_mace_lp.export import read_metadata
+
     if native.disabled_by_environment():
         pytest.skip("OPENMM_MACE_LP_NATIVE=0 turns the native library (mace_lp::AOTIPackage) off")
     assert native.available("cpu"), native.state().problem
     system = water_box(2)
-    mace = model("both")
-    capacity = plan_capacity(len(system.positions), float(mace.r_max), system.box * 10.0, system.positions * 10.0)
-    common = dict(periodic=True, capacity=capacity)
-    compiled = build_force_module(mace, "fp32", "e3nn", system.atomic_numbers, compiler="inductor", **common)
-    scripted = build_force_module(mace, "fp32", "e3nn", system.atomic_numbers, compiler="torchscript", **common)
-    return system, capacity, compiled, scripted
+    potential = MLPotential("mace-lp", modelPath=str(model_file(tmp_path_factory.getbasetemp())), policy="fp32")
+    path = exported_module_path(potential.createSystem(system.topology, device="cpu", positions=system.positions,
+                                                       compiler="inductor"))
+    metadata = read_metadata(path)
+    assert (metadata["compiler"], metadata["backend"]) == ("inductor", "e3nn")
+    assert metadata["neighbor_capacity"] is not None
+    capacity = NeighborCapacity(**{k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in metadata["neighbor_capacity"].items()})
+    scripted = build_force_module(model("both"), "fp32", "e3nn", system.atomic_numbers, periodic=True,
+                                  capacity=capacity)
+    return system, capacity, torch.jit.load(path), scripted
 
 
 def _call(module, system, positions=None):
@@ -95,11 +109,13 @@ def test_non_finite_positions_poison_the_compiled_result(modules):
 
 
 def test_compiler_choices_are_checked_with_the_fix():
-    with pytest.raises(ValueError, match="fixed-capacity neighbour list"):
+    with pytest.raises(ValueError, match="fixed-capacity neighbour list, which it implies"):
         check_compiler("inductor", fixed_capacity=False)
     with pytest.raises(ValueError, match="'torchscript', 'inductor'"):
         check_compiler("aot", fixed_capacity=True)
     check_compiler("torchscript", fixed_capacity=False)
+    assert backend_request("inductor", "auto") == "e3nn" and backend_request("torchscript", "auto") == "auto"
+    assert backend_request("inductor", "cueq") == "cueq"  # refused later, by name
 
 
 @pytest.mark.parametrize("backend", ["cueq", "cueq-fused"])

@@ -62,7 +62,10 @@ def test_scripted_native_layer_equals_the_emulated_one():
 def test_only_tf32_on_cuda_takes_the_native_gemm():
     assert resolve_tf32_impl(MATMUL_TF32, "cuda") == TF32_NATIVE
     assert resolve_tf32_impl(MATMUL_TF32, "cpu") == TF32_EMULATED
-    assert resolve_tf32_impl(MATMUL_BF16, "cuda") == ""
+    assert resolve_tf32_impl(MATMUL_BF16, "cuda") == "" == resolve_tf32_impl(MATMUL_BF16, "cuda", TF32_NATIVE)
+    assert resolve_tf32_impl(MATMUL_TF32, "cuda", TF32_EMULATED) == TF32_EMULATED
+    with pytest.raises(ValueError, match="tf32_impl='tensor-cores': use 'native', 'emulated' or None"):
+        resolve_tf32_impl(MATMUL_TF32, "cuda", "tensor-cores")
 
 
 def test_a_tf32_model_through_the_native_gemm_equals_its_emulation():
