@@ -142,6 +142,9 @@ def _flush_c_stdout() -> None:
         pass
 
 
+RELAY_DRAIN_SECONDS = 2.0  # how long the end of a command waits for the filter to pass on its output
+
+
 @contextmanager
 def without_dcd_plugin_lines(fd: int = 1) -> Iterator[None]:
     """Drop the lines MDTraj's DCD reader prints (``dcdplugin) ...``) from file descriptor ``fd``.
@@ -170,10 +173,16 @@ def without_dcd_plugin_lines(fd: int = 1) -> Iterator[None]:
         except (OSError, ValueError):
             pass
         _flush_c_stdout()
-        os.dup2(original, fd)  # closes the pipe's last write end: the relay sees EOF
-        relay.join()
-        os.close(read_end)
-        os.close(original)
+        os.dup2(original, fd)  # closes our write end; the relay sees EOF unless a child holds one
+        # A child process started inside (multiprocessing's resource tracker under Dask, a
+        # worker) inherits the pipe and keeps it open until it exits, which may be after us:
+        # waiting for EOF would hang the command at its end. Everything we wrote is in the pipe
+        # by now, so wait only until the relay has drained it; a relay still running then keeps
+        # both of its descriptors (closing them could hand their numbers to another file).
+        relay.join(timeout=RELAY_DRAIN_SECONDS)
+        if not relay.is_alive():
+            os.close(read_end)
+            os.close(original)
 
 
 def _relay_without_dcd_lines(read_end: int, target: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,17 @@ def test_dcd_plugin_lines_are_dropped_and_everything_else_kept(tmp_path, capfd):
     assert frames.n_frames == 2
     assert "dcdplugin) " not in out
     assert "before\n" in out and "dcdplugin-like but ours\n" in out and out.endswith("partial line")
+
+
+def test_dcd_filter_ends_while_a_child_process_holds_its_pipe(capfd):
+    # Dask starts multiprocessing's resource tracker inside `mace-lp campaign`; it inherits the
+    # filter's pipe and lives until the command exits: the filter must not wait for it.
+    started = time.monotonic()
+    with without_dcd_plugin_lines():
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        print("ours", flush=True)
+    elapsed = time.monotonic() - started
+    child.kill()
+    child.wait()
+    assert elapsed < 20.0, f"the filter waited {elapsed:.0f} s for a child's end"
+    assert "ours\n" in capfd.readouterr().out
