@@ -8,8 +8,6 @@
 // openmm-torch cannot change it), and restores the setting afterwards; the CPU kernel is the
 // emulation, value for value. The backward (dx = dy @ weight^T) is float32, as the emulation's
 // autograd has it. A Meta kernel gives shapes to make_fx (compiler="inductor").
-#include <string>
-
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <torch/autograd.h>
@@ -36,24 +34,25 @@ at::Tensor tf32_mm_cpu(const at::Tensor& x, const at::Tensor& weight) {
   return at::mm(round_to_tf32(x), weight);
 }
 
-// The process-wide float32 matmul precision of CUDA, set for one call and restored after it.
-class CudaMatmulPrecision {
+// The process-wide TF32 switch of CUDA matmuls, set for one call and restored after it.
+// allowTF32CuBLAS/setAllowTF32CuBLAS is the one form of this setting that torch 2.9 (string
+// names) and 2.11+ (enum names) share; the string form did not build against torch 2.11.
+class CudaMatmulTF32 {
  public:
-  explicit CudaMatmulPrecision(const std::string& precision)
-      : before_(at::globalContext().float32Precision("cuda", "matmul")) {
-    at::globalContext().setFloat32Precision("cuda", "matmul", precision);
+  explicit CudaMatmulTF32(bool allow) : before_(at::globalContext().allowTF32CuBLAS()) {
+    at::globalContext().setAllowTF32CuBLAS(allow);
   }
-  ~CudaMatmulPrecision() { at::globalContext().setFloat32Precision("cuda", "matmul", before_); }
-  CudaMatmulPrecision(const CudaMatmulPrecision&) = delete;
-  CudaMatmulPrecision& operator=(const CudaMatmulPrecision&) = delete;
+  ~CudaMatmulTF32() { at::globalContext().setAllowTF32CuBLAS(before_); }
+  CudaMatmulTF32(const CudaMatmulTF32&) = delete;
+  CudaMatmulTF32& operator=(const CudaMatmulTF32&) = delete;
 
  private:
-  std::string before_;
+  bool before_;
 };
 
 at::Tensor tf32_mm_cuda(const at::Tensor& x, const at::Tensor& weight) {
   check_operands(x, weight);
-  CudaMatmulPrecision tf32("tf32");
+  CudaMatmulTF32 tf32(true);
   return at::mm(x, weight);
 }
 
@@ -64,7 +63,7 @@ at::Tensor tf32_mm_meta(const at::Tensor& x, const at::Tensor& weight) {
 
 at::Tensor ieee_mm(const at::Tensor& a, const at::Tensor& b) {
   if (!a.is_cuda()) return at::mm(a, b);
-  CudaMatmulPrecision ieee("ieee");
+  CudaMatmulTF32 ieee(false);
   return at::mm(a, b);
 }
 
