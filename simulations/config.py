@@ -363,6 +363,24 @@ def validate(config: SimulationConfig) -> None:
         raise ValueError(f"platform.device = {device!r}: use auto, cpu, cuda or cuda:N.")
 
 
+# Measured cautions: combinations that run but are known to bias a result, with the evidence.
+BF16_NPT_CAUTION = (
+    "policy bf16 with the Monte Carlo barostat: the barostat accepts volume moves on energy "
+    "differences, and bf16's are off by ~1.2 kT per 0.3 % move (a +780 bar pressure bias on the "
+    "embedded model; benchmarks/results/barostat_precision_2026-12-01_cpu.md); the precision study "
+    "measured its density 1.5 % below fp64's (precision_study_2026-12-01_h200.md). Use fp32 for "
+    "NPT (fp16's energy noise is five times smaller, its verdict still open), or bf16 for NVT.")
+
+
+def cautions(config: SimulationConfig) -> list[str]:
+    """What this config will run but should not be trusted for, as measured (logged at the start
+    of a run and kept in its manifest); empty for a config with no known bias."""
+    found = []
+    if config.ensemble == "npt" and config.model.policy == "bf16":
+        found.append(BF16_NPT_CAUTION)
+    return found
+
+
 def _check_types(config: SimulationConfig) -> None:
     """Every value has its declared type, also when it was set on the object (not read from TOML)."""
     _typed("ensemble", config.ensemble, str)

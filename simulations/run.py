@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from . import checkpoint as ckpt
-from .config import SimulationConfig, check_resume_changes, read_run_config, resolved, validate
+from .config import SimulationConfig, cautions, check_resume_changes, read_run_config, resolved, validate
 from openmm_mace_lp.atomic import atomic_write_text
 from openmm_mace_lp.capacity import watches_for as capacity_watches
 from .guards import GuardError, GuardLimits, find_problem, guard_failure, Guard
@@ -410,6 +410,8 @@ class _Runner:
         structure = load_structure(config.system)
         check_structure(structure, config.ensemble)
         logger.info("structure: %s, %d atoms", structure.source, structure.n_atoms)
+        for caution in cautions(config):
+            logger.warning("caution: %s", caution)
         atomic_write_text(self.run_dir / CONFIG_FILE, config.to_toml())
         self._write_manifest_start(structure.n_atoms)
         self._build(structure, self.phases[0].integrator)
@@ -668,7 +670,8 @@ class _Runner:
                                      device=device_name(config.platform.device),
                                      extra={"run_dir": str(self.run_dir.resolve()),
                                             "structure": config.system.pdb or
-                                            f"water_molecules={config.system.water_molecules}"})
+                                            f"water_molecules={config.system.water_molecules}",
+                                            "cautions": cautions(config)})
         write_manifest(self.run_dir, self.manifest)
 
     def _on_checkpoint(self, record: ckpt.CheckpointRecord) -> None:

@@ -98,3 +98,17 @@ def test_analysis_layer_reads_the_run(runs):
                                                         msd_groups=2))
     assert "temperature" in analysis.scalars and analysis.series["time_ps"].size == STEPS["nvt"] // 2
     assert len(rundir.group_by_policy(rundir.find_runs(runs["nvt"].parent))["fp64"]) == 3
+
+
+def test_bf16_npt_run_carries_the_measured_barostat_caution(tmp_path, tiny_model, runs):
+    from openmm_mace_lp.simulations.config import BF16_NPT_CAUTION, cautions
+
+    config = tiny_config(tiny_model, "npt", model__policy="bf16", run__production_steps=4,
+                         output__checkpoint_interval_steps=4)
+    run_dir = simulate(config, tmp_path / "bf16-npt", quiet=True).run_dir
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["cautions"] == [BF16_NPT_CAUTION]
+    assert "caution: policy bf16 with the Monte Carlo barostat" in (run_dir / "run.log").read_text()
+    # none where nothing is known to be biased: fp64 NPT (the module's run), bf16 NVT
+    assert json.loads((runs["npt"] / "manifest.json").read_text())["cautions"] == []
+    assert cautions(tiny_config(tiny_model, "nvt", model__policy="bf16")) == []
