@@ -13,9 +13,12 @@
 # Environment: SEED (1), MINUTES (the campaign's --max-minutes, 8), PLAN (the study plan),
 # SETS (more `--set KEY=VALUE` for the base run config, space-separated; a CPU dry run uses
 # "platform.name=CPU platform.device=cpu ..." with GPUS=none).
-# Everything lands in build/precision_study/seed$SEED/ and, packed without checkpoints, in
+# Everything lands in build/precision_study/seed$SEED/ and, packed with the runs' checkpoints, in
 # $OUT/precision_study_seed$SEED.tar.xz; the shared starts in $OUT/precision_study_start.tar.xz
-# (unpack it into build/precision_study_start/ for the next seed).
+# (unpack it into build/precision_study_start/ for the next seed). To continue a seed's paused
+# runs in a later call, copy its tarball into build/precision_study_carry/ and carry that folder:
+# the campaign resumes every run from its checkpoint (the carry limit of a call favours
+# SETS="output.trajectory_interval_steps=1000" for runs meant to be continued).
 set -uo pipefail
 OUT=${OUT:-build/out}; mkdir -p "$OUT"
 SEED=${SEED:-1}; MINUTES=${MINUTES:-8}; GPUS=${GPUS:-auto}
@@ -30,6 +33,12 @@ base=$(python3 -c "import sys,tomllib,pathlib; p=pathlib.Path(sys.argv[1]); prin
 sed -e "s/^seeds = .*/seeds = [$SEED]/" -e "s|^base = .*|base = \"$base\"|" "$PLAN" > "$plan"
 python3 -c "import sys,tomllib; p=tomllib.load(open(sys.argv[1],'rb')); assert p['axes']['seeds']==[int(sys.argv[2])], p['axes']" "$plan" "$SEED" || exit 1
 
+# A carried earlier call of this seed: its run directories, resumed by the campaign below.
+carried=build/precision_study_carry/precision_study_seed$SEED.tar.xz
+if [ -f "$carried" ] && [ ! -e "$dir" ]; then
+  tar -xJf "$carried" "$dir" && echo "continuing: $carried -> $dir" || exit 1
+fi
+
 # The first seed's starts (starts/<system>/: the fp64-minimised structure and its state), when
 # they were carried here; the campaign minimises its own otherwise.
 if [ -d "$start_in" ] && [ -z "$(ls -A "$dir" 2>/dev/null)" ]; then
@@ -43,7 +52,7 @@ t0=$(date +%s)
 mace-lp campaign "$plan" -o "$dir" --max-minutes "$MINUTES" --quiet "${sets[@]}" "${gpu_args[@]}" > "$work/seed$SEED.log" 2>&1
 echo "campaign exit $? after $(( $(date +%s) - t0 )) s"; tail -5 "$work/seed$SEED.log"
 
-tar --exclude="*/checkpoints" -cJf "$OUT/precision_study_seed$SEED.tar.xz" "$dir" "$work/seed$SEED.log" "$plan"
+tar -cJf "$OUT/precision_study_seed$SEED.tar.xz" "$dir" "$work/seed$SEED.log" "$plan"
 [ -d "$dir/starts" ] && tar -cJf "$OUT/precision_study_start.tar.xz" -C "$dir/starts" .
 python3 - "$dir" <<'EOF'
 import json, sys
