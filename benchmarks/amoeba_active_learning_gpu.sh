@@ -26,8 +26,11 @@ OUT=${OUT:-build/out}; mkdir -p "$OUT" build/active_learning
 END_S=${END_S:-540}; EPOCHS=${EPOCHS:-24}; SAMPLE_MIN=${SAMPLE_MIN:-3}; STRIDE=${STRIDE:-2}
 NEXT_TEMPS=${NEXT_TEMPS:-300,260,350}
 # More mace options for the training, space-separated KEY=VALUE (train_water.py --set), e.g.
-# TRAIN_SETS="stage_two_stress_weight=100000": the density follows the pressure error on the
-# model's own frames (benchmarks/results/active_learning_2026-12-01_h200.md), i.e. the stress.
+# TRAIN_SETS="stage_two_stress_weight=1000000": the density follows the pressure error on the
+# model's own frames (benchmarks/results/active_learning_2026-12-01_h200.md), i.e. the stress. With
+# b9c3629d's test errors the stage-two loss terms are forces 10 x (35 meV/A)^2 = 0.012, energy
+# 1000 x (1.5 meV/atom)^2 = 0.002 and stress 3e4 x (0.14 meV/A^3)^2 = 0.0006 (eV units): the stress
+# weighs as much as the forces only from a weight of ~6e5.
 read -r -a train_sets <<< "${TRAIN_SETS:-}"
 train_set_args=()
 for kv in "${train_sets[@]}"; do train_set_args+=(--set "$kv"); done
