@@ -96,11 +96,13 @@ def _register_compare(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "compare", help="every precision arm against the FP64 reference",
         description="Compare every policy under ARMS_DIR with the reference policy: "
-                    "differences, combined uncertainties and verdicts (JSON + Markdown).")
-    parser.add_argument("arms_dir", metavar="ARMS_DIR")
+                    "differences, combined uncertainties and verdicts (JSON + Markdown). "
+                    "Several ARMS_DIRs are one set of arms (e.g. one seed per campaign "
+                    "directory); an arm found twice is refused.")
+    parser.add_argument("arms_dir", metavar="ARMS_DIR", nargs="+")
     parser.add_argument("-o", "--output", metavar="OUT",
                         help="JSON output; Markdown goes next to it with .md "
-                             "(default ARMS_DIR/comparison.json)")
+                             "(default: the first ARMS_DIR/comparison.json)")
     _add_verdict_options(parser)
     _add_study_options(parser)
     _add_analysis_options(parser)
@@ -114,10 +116,11 @@ def _register_report(subparsers: Any) -> None:
                     "REPORT_DIR/report.md, report.html, comparison.json and figures/*.png "
                     "(what the data cannot support first, then verdicts, tables and plots). "
                     "RUN_DIR (a single run directory): the same kind of report for one run: "
-                    "what it measured with SEM, what it is too short to say, and its plots.")
-    parser.add_argument("arms_dir", metavar="ARMS_DIR|RUN_DIR")
+                    "what it measured with SEM, what it is too short to say, and its plots. "
+                    "Several ARMS_DIRs are one set of arms, as with compare.")
+    parser.add_argument("arms_dir", metavar="ARMS_DIR|RUN_DIR", nargs="+")
     parser.add_argument("-o", "--output", metavar="REPORT_DIR",
-                        help="report folder (default ARMS_DIR/report or RUN_DIR/report)")
+                        help="report folder (default: the first ARMS_DIR/report, or RUN_DIR/report)")
     _add_verdict_options(parser)
     _add_study_options(parser)
     _add_analysis_options(parser)
@@ -240,7 +243,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                          rdf_table, speed_table, verdict_details_table, verdict_table)
 
     comparison = _comparison(args, args.arms_dir)
-    output = Path(args.output) if args.output else Path(args.arms_dir) / "comparison.json"
+    output = Path(args.output) if args.output else Path(args.arms_dir[0]) / "comparison.json"
     limitations = limitations_table(comparison)
     markdown = "\n\n".join(
         [f"# Precision arms vs {comparison.reference}", headline(comparison)]
@@ -271,9 +274,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import headline, run_headline, write_report, write_run_analysis_report
     from .rundir import MANIFEST
 
-    path = Path(args.arms_dir)
+    paths_in = [Path(p) for p in args.arms_dir]
+    path = paths_in[0]
     output = Path(args.output) if args.output else path / "report"
-    if (path / MANIFEST).is_file():  # a single run directory
+    runs_given = [p for p in paths_in if (p / MANIFEST).is_file()]
+    if runs_given and len(paths_in) > 1:
+        raise ValueError(f"{runs_given[0]} is a single run directory: report one run alone, or pass "
+                         "only arms directories (folders that hold fp64-seed1/, ...).")
+    if runs_given:  # a single run directory
         from .analyze import analyze_run
 
         if args.study_json:
@@ -283,7 +291,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         paths = write_run_analysis_report(analysis, output)
         print(run_headline(analysis))
     else:
-        comparison = _comparison(args, path)
+        comparison = _comparison(args, paths_in)
         paths = write_report(comparison, output)
         _write_study(args, comparison)
         print(headline(comparison))

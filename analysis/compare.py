@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -532,9 +532,9 @@ def compare_analyses(analyses: list[RunAnalysis], reference: str = "fp64",
                       shared_device_notes(policies), warnings, unanalysable)
 
 
-def analyze_arms(arms_dir: str | Path, options: AnalysisOptions | None = None
+def analyze_arms(arms_dir: str | Path | Sequence[str | Path], options: AnalysisOptions | None = None
                  ) -> tuple[list[RunAnalysis], dict[str, list[str]]]:
-    """Analyse every run under ``arms_dir``; runs that cannot be analysed are collected
+    """Analyse every run under ``arms_dir`` (one directory or several); runs that cannot be analysed are collected
     per policy with the reason instead of stopping the whole comparison."""
     analyses, failures = [], {}
     for policy, runs in group_by_policy(find_runs(arms_dir)).items():
@@ -546,7 +546,7 @@ def analyze_arms(arms_dir: str | Path, options: AnalysisOptions | None = None
     return analyses, failures
 
 
-def compare_arms(arms_dir: str | Path, reference: str = "fp64",
+def compare_arms(arms_dir: str | Path | Sequence[str | Path], reference: str = "fp64",
                  options: AnalysisOptions | None = None, alpha: float = DEFAULT_ALPHA,
                  margins: dict[str, Margin] | None = None) -> Comparison:
     """Analyse every run under ``arms_dir`` and compare each policy with ``reference``."""

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -327,17 +327,32 @@ def _missing_steps(steps: np.ndarray, interval: int | None) -> list[tuple[int, i
     return missing
 
 
-def find_runs(arms_dir: str | Path) -> list[RunDir]:
-    """All run directories directly under ``arms_dir`` (sub-directories with a manifest)."""
-    arms_dir = Path(arms_dir)
-    if not arms_dir.is_dir():
-        raise FileNotFoundError(f"arms directory {arms_dir} does not exist.")
-    runs = [open_run(child) for child in sorted(arms_dir.iterdir())
-            if child.is_dir() and (child / MANIFEST).is_file()]
-    if not runs:
-        raise FileNotFoundError(
-            f"no run directories (sub-directories with {MANIFEST}) under {arms_dir}; pass the "
-            "folder that holds fp64-seed1/, bf16-seed1/, ... ")
+def find_runs(arms_dirs: str | Path | Sequence[str | Path]) -> list[RunDir]:
+    """All run directories directly under ``arms_dirs`` (sub-directories with a manifest).
+
+    Several directories are one set of arms, e.g. the seeds of a study run in separate
+    campaign directories (one seed per time-limited job); an arm (policy and seed) found twice
+    is refused, since it would be counted as two seeds.
+    """
+    directories = [Path(arms_dirs)] if isinstance(arms_dirs, (str, Path)) else [Path(d) for d in arms_dirs]
+    runs: list[RunDir] = []
+    for arms_dir in directories:
+        if not arms_dir.is_dir():
+            raise FileNotFoundError(f"arms directory {arms_dir} does not exist.")
+        found = [open_run(child) for child in sorted(arms_dir.iterdir())
+                 if child.is_dir() and (child / MANIFEST).is_file()]
+        if not found:
+            raise FileNotFoundError(
+                f"no run directories (sub-directories with {MANIFEST}) under {arms_dir}; pass the "
+                "folder that holds fp64-seed1/, bf16-seed1/, ... ")
+        runs += found
+    seen: dict[tuple[str, Any], Path] = {}
+    for run in runs:
+        key = (run.policy, run.seed)
+        if key in seen:
+            raise ValueError(f"arm {run.policy} seed {run.seed} is in {seen[key]} and in {run.path}: "
+                             "each arm may be passed once; leave one of the directories out.")
+        seen[key] = run.path
     return runs
 
 

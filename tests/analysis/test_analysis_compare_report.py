@@ -221,3 +221,26 @@ def test_pressure_is_analysed_when_recorded(tmp_path):
     assert abs(pressure.mean - 1.0) < 4 * pressure.sem
     assert pressure.sem == pytest.approx(300 / np.sqrt(200 - analysis.equilibration["t0_index"]),
                                          rel=0.5)
+
+
+def test_arms_split_over_directories_compare_as_one_set(arms_dir, tmp_path, run_cli):
+    # the seeds of a study run in separate campaign directories (one seed per job)
+    import shutil
+
+    seeds = {1: tmp_path / "seed1", 2: tmp_path / "seed2"}
+    for seed, directory in seeds.items():
+        for run in sorted(arms_dir.glob(f"*-seed{seed}")):
+            shutil.copytree(run, directory / run.name)
+    out = tmp_path / "split.json"
+    assert run_cli("compare", seeds[1], seeds[2], "-o", out, "--no-trajectory") == 0
+    whole = tmp_path / "whole.json"
+    assert run_cli("compare", arms_dir, "-o", whole, "--no-trajectory") == 0
+    split, together = json.loads(out.read_text()), json.loads(whole.read_text())
+    assert split["verdicts"] == together["verdicts"]
+    assert split["verdicts"]["bf16"]["density"]["verdict"] == "different"
+    # an arm passed twice would count as two seeds: refused, naming both places
+    shutil.copytree(arms_dir / "fp64-seed1", tmp_path / "again" / "fp64-seed1")
+    with pytest.raises(ValueError, match=r"arm fp64 seed 1 is in .*seed1.* and in .*again"):
+        run_cli("compare", seeds[1], seeds[2], tmp_path / "again", "--no-trajectory")
+    with pytest.raises(ValueError, match="single run directory"):
+        run_cli("report", seeds[1], arms_dir / "fp64-seed1", "--no-trajectory")
