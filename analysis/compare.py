@@ -534,8 +534,8 @@ def compare_analyses(analyses: list[RunAnalysis], reference: str = "fp64",
 
 def analyze_arms(arms_dir: str | Path | Sequence[str | Path], options: AnalysisOptions | None = None
                  ) -> tuple[list[RunAnalysis], dict[str, list[str]]]:
-    """Analyse every run under ``arms_dir`` (one directory or several); runs that cannot be analysed are collected
-    per policy with the reason instead of stopping the whole comparison."""
+    """Analyse every run under ``arms_dir`` (one directory or several); runs that cannot be
+    analysed are collected per policy with the reason instead of stopping the whole comparison."""
     analyses, failures = [], {}
     for policy, runs in group_by_policy(find_runs(arms_dir)).items():
         for run in runs:
