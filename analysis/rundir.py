@@ -331,11 +331,12 @@ def find_runs(arms_dirs: str | Path | Sequence[str | Path]) -> list[RunDir]:
     """All run directories directly under ``arms_dirs`` (sub-directories with a manifest).
 
     Several directories are one set of arms, e.g. the seeds of a study run in separate
-    campaign directories (one seed per time-limited job); an arm (policy and seed) found twice
-    is refused, since it would be counted as two seeds.
+    campaign directories (one seed per time-limited job); an arm (policy and seed) that two of
+    them hold is refused, since it would be counted as two seeds.
     """
     directories = [Path(arms_dirs)] if isinstance(arms_dirs, (str, Path)) else [Path(d) for d in arms_dirs]
     runs: list[RunDir] = []
+    first_seen: dict[tuple[str, Any], RunDir] = {}
     for arms_dir in directories:
         if not arms_dir.is_dir():
             raise FileNotFoundError(f"arms directory {arms_dir} does not exist.")
@@ -345,14 +346,12 @@ def find_runs(arms_dirs: str | Path | Sequence[str | Path]) -> list[RunDir]:
             raise FileNotFoundError(
                 f"no run directories (sub-directories with {MANIFEST}) under {arms_dir}; pass the "
                 "folder that holds fp64-seed1/, bf16-seed1/, ... ")
+        for run in found:
+            other = first_seen.setdefault((run.policy, run.seed), run)
+            if other.path.parent != run.path.parent:
+                raise ValueError(f"arm {run.policy} seed {run.seed} is in {other.path} and in {run.path}: "
+                                 "each arm may be passed once; leave one of the directories out.")
         runs += found
-    seen: dict[tuple[str, Any], Path] = {}
-    for run in runs:
-        key = (run.policy, run.seed)
-        if key in seen:
-            raise ValueError(f"arm {run.policy} seed {run.seed} is in {seen[key]} and in {run.path}: "
-                             "each arm may be passed once; leave one of the directories out.")
-        seen[key] = run.path
     return runs
 
 
