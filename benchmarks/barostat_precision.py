@@ -79,14 +79,12 @@ def energies_by_policy(frames: list, policies: list[str], volume_changes: list[f
     """kJ/mol energies [frame, 1 + len(volume_changes)] of every policy."""
     from openmm_mace_lp.evaluate import evaluate_frames
 
+    moved = [configurations(atoms, volume_changes) for atoms in frames]  # the same for every policy
     out = {}
     for policy in policies:
-        rows = []
-        for atoms in frames:
-            positions, boxes = configurations(atoms, volume_changes)
-            energies, _ = evaluate_frames(None, policy, backend, atoms.numbers.tolist(), positions, boxes)
-            rows.append(np.asarray(energies, dtype=float))
-        out[policy] = np.asarray(rows)
+        out[policy] = np.asarray([
+            evaluate_frames(None, policy, backend, atoms.numbers.tolist(), positions, boxes)[0]
+            for atoms, (positions, boxes) in zip(frames, moved)], dtype=float)
     return out
 
 
