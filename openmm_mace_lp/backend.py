@@ -127,26 +127,32 @@ class ScriptableProductBasis(torch.nn.Module):
 
 
 class ScriptableReshapeIrreps(torch.nn.Module):
-    """Stand-in for mace's reshape_irreps: [n, dim] -> [n, mul, 2l+1] (mul_ir) or [n, 2l+1, mul]."""
+    """Stand-in for mace's reshape_irreps: [n, dim] -> [n, mul, 2l+1] (mul_ir) or [n, 2l+1, mul].
+
+    In the ir_mul layout (cuEquivariance) every irrep has the same multiplicity (mace's cat
+    along the component axis requires it), and irrep i's block [n, d_i * mul] is already its
+    [n, d_i, mul]: the whole result is one view of the input, with no kernel forward or backward.
+    In mul_ir (e3nn) the blocks are transposed; one split feeds them (its backward is one
+    concatenation, where slicing each block costs a zero-filled copy of the input per block).
+    """
 
     def __init__(self, block: torch.nn.Module, ir_mul: bool) -> None:
         super().__init__()
         self.muls: List[int] = list(block.muls)
         self.dims: List[int] = list(block.dims)
+        self.sizes: List[int] = [mul * d for mul, d in zip(self.muls, self.dims)]
         self.ir_mul = ir_mul
+        if ir_mul and len(set(self.muls)) > 1:
+            raise ValueError(f"reshape_irreps in the ir_mul layout needs one multiplicity, got {self.muls}")
 
     def forward(self, tensor: torch.Tensor) -> torch.Tensor:
-        start = 0
-        fields: List[torch.Tensor] = []
         batch = tensor.shape[0]
-        for mul, d in zip(self.muls, self.dims):
-            field = tensor[:, start : start + mul * d]
-            start += mul * d
-            if self.ir_mul:
-                fields.append(field.reshape(batch, d, mul))
-            else:
-                fields.append(field.reshape(batch, mul, d))
-        return torch.cat(fields, dim=-2 if self.ir_mul else -1)
+        if self.ir_mul:
+            return tensor.reshape(batch, -1, self.muls[0])
+        fields: List[torch.Tensor] = []
+        for field, mul, d in zip(torch.split(tensor, self.sizes, dim=1), self.muls, self.dims):
+            fields.append(field.reshape(batch, mul, d))
+        return torch.cat(fields, dim=-1)
 
 
 def _replace_modules(model: torch.nn.Module, type_name: str, make) -> int:

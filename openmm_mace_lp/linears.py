@@ -151,23 +151,32 @@ def _irrep_slots(irreps) -> List[_Slot]:
 
 
 class _IrrepGroupMatmul(torch.nn.Module):
-    """One GEMM for all input/output slots of one irrep type."""
+    """One GEMM for all input/output slots of one irrep type.
 
-    def __init__(self, in_slots: List[_Slot], out_muls: List[int], weight: torch.Tensor,
+    It takes the input already split into its slots (``IrrepsLinear`` splits once for all
+    groups): slicing each slot out of the whole input instead costs, in the backward pass, a
+    zero-filled gradient of the whole input per slot plus the additions that merge them, where a
+    split's backward is one concatenation (on an H200 at 1029 atoms slice backwards took 0.84 of
+    6.8 ms per energy+force call, mostly these layers':
+    benchmarks/results/kernel_profile_2026-12-01_h200_launchers.md). A single output slot is
+    used whole: even a full-width slice has a zero-filling backward.
+    """
+
+    def __init__(self, in_slots: List[_Slot], in_pieces: List[int], out_muls: List[int], weight: torch.Tensor,
                  mode: int, dtype: torch.dtype, ir_mul: bool) -> None:
         super().__init__()
         self.dim = in_slots[0].dim
-        self.in_starts = [s.start for s in in_slots]
+        self.in_pieces = in_pieces
         self.in_muls = [s.mul for s in in_slots]
         self.out_muls = out_muls
         self.ir_mul = ir_mul
         self.dense = PolicyDense(weight, mode, dtype)
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        n, d = x.shape[0], self.dim
+    def forward(self, pieces: List[torch.Tensor]) -> List[torch.Tensor]:
+        n, d = pieces[0].shape[0], self.dim
         blocks: List[torch.Tensor] = []
-        for start, mul in zip(self.in_starts, self.in_muls):
-            block = x[:, start : start + mul * d]
+        for index, mul in zip(self.in_pieces, self.in_muls):
+            block = pieces[index]
             if self.ir_mul:
                 blocks.append(block.reshape(n, d, mul))
             else:
@@ -175,11 +184,11 @@ class _IrrepGroupMatmul(torch.nn.Module):
         stacked = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)
         y = self.dense(stacked.reshape(n * d, -1))
         y = y.reshape(n, d, -1)
+        parts: List[torch.Tensor] = [y]
+        if len(self.out_muls) > 1:
+            parts = torch.split(y, self.out_muls, dim=2)
         outs: List[torch.Tensor] = []
-        col = 0
-        for mul in self.out_muls:
-            part = y[:, :, col : col + mul]
-            col += mul
+        for part, mul in zip(parts, self.out_muls):
             if self.ir_mul:
                 outs.append(part.reshape(n, d * mul))
             else:
@@ -190,10 +199,11 @@ class _IrrepGroupMatmul(torch.nn.Module):
 class IrrepsLinear(torch.nn.Module):
     """Equivariant linear layer as one GEMM per irrep type, in a policy's arithmetic."""
 
-    def __init__(self, groups: List[_IrrepGroupMatmul], out_order: List[Tuple[int, int]],
+    def __init__(self, groups: List[_IrrepGroupMatmul], in_sizes: List[int], out_order: List[Tuple[int, int]],
                  out_dims: List[int], bias: torch.Tensor) -> None:
         super().__init__()
         self.groups = torch.nn.ModuleList(groups)
+        self.in_sizes = in_sizes  # every input slot's width, in order: one split feeds all groups
         self.out_group = [g for g, _ in out_order]  # -1: slot with no path (zeros)
         self.out_index = [i for _, i in out_order]
         self.out_dims = out_dims
@@ -201,16 +211,19 @@ class IrrepsLinear(torch.nn.Module):
         self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pieces: List[torch.Tensor] = [x]
+        if len(self.in_sizes) > 1:
+            pieces = torch.split(x, self.in_sizes, dim=1)
         results: List[List[torch.Tensor]] = []
         for group in self.groups:
-            results.append(group(x))
-        pieces: List[torch.Tensor] = []
+            results.append(group(pieces))
+        outputs: List[torch.Tensor] = []
         for g, i, dim in zip(self.out_group, self.out_index, self.out_dims):
             if g < 0:
-                pieces.append(x.new_zeros(x.shape[0], dim))
+                outputs.append(x.new_zeros(x.shape[0], dim))
             else:
-                pieces.append(results[g][i])
-        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+                outputs.append(results[g][i])
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
         if self.has_bias:
             out = out + self.bias
         return out
@@ -255,7 +268,8 @@ def irreps_linear_from(module: torch.nn.Module, irreps_in, irreps_out, ir_mul: b
             rebuilt[rows.unsqueeze(1), cols.unsqueeze(0)] = weight
         for position, j in enumerate(outs):
             out_order[j] = (len(groups), position)
-        groups.append(_IrrepGroupMatmul(ins, [out_slots[j].mul for j in outs], weight, mode, dtype, ir_mul))
+        pieces = [in_slots.index(slot) for slot in ins]
+        groups.append(_IrrepGroupMatmul(ins, pieces, [out_slots[j].mul for j in outs], weight, mode, dtype, ir_mul))
     scale = matrix.abs().max().clamp_min(1e-300)
     if (rebuilt - matrix).abs().max() > 1e-10 * scale:
         raise RuntimeError(
@@ -263,7 +277,7 @@ def irreps_linear_from(module: torch.nn.Module, irreps_in, irreps_out, ir_mul: b
             f"in the {'ir_mul' if ir_mul else 'mul_ir'} layout; cannot rebuild it for a precision policy."
         )
     out_dims = [s.mul * s.dim for s in out_slots]
-    return IrrepsLinear(groups, out_order, out_dims, bias.to(dtype))
+    return IrrepsLinear(groups, [s.mul * s.dim for s in in_slots], out_order, out_dims, bias.to(dtype))
 
 
 class RadialMLP(torch.nn.Module):
