@@ -88,6 +88,38 @@ def kernel_table(profiler, calls: int, cuda: bool) -> List[KernelRow]:
     return sorted(rows, key=lambda row: row.ms_per_call, reverse=True)
 
 
+LAUNCH_WRAPPERS = re.compile(r"^(cuda|cu)[A-Z]|^Memcpy|^Memset|^<")
+
+
+def launcher_table(profiler, calls: int, top: int) -> List[Dict[str, object]]:
+    """Device time by the operator that launched it: the innermost aten/mace_lp op above the
+    CUDA runtime call, its input shapes, and the autograd node it ran under (or "forward").
+    Why: the kernel table says that copies and fills cost time; this says which step of the
+    model (a slice's backward, a cat, a zero-initialised scatter) asks for them."""
+    totals: Dict[tuple, List[float]] = {}
+    for event in profiler.events():
+        if not getattr(event, "kernels", None):
+            continue
+        op, phase, node = None, "forward", event
+        while node is not None:
+            name = node.name
+            if op is None and not LAUNCH_WRAPPERS.search(name) and "::" in name:
+                op = node
+            if name.startswith("autograd::engine::evaluate_function: "):
+                phase = name.split(": ", 1)[1]
+            node = node.cpu_parent
+        label = op.name if op is not None else event.name
+        shapes = str(getattr(op, "input_shapes", "") or "")[:80] if op is not None else ""
+        for kernel in event.kernels:
+            key = (phase, label, shapes, family(kernel.name))
+            entry = totals.setdefault(key, [0.0, 0.0])
+            entry[0] += kernel.duration / 1000.0 / calls
+            entry[1] += 1.0 / calls
+    rows = [{"phase": k[0], "op": k[1], "input_shapes": k[2], "family": k[3], "ms_per_call": v[0],
+             "launches_per_call": v[1]} for k, v in totals.items()]
+    return sorted(rows, key=lambda row: -row["ms_per_call"])[:top]
+
+
 def summary(rows: List[KernelRow], top: int) -> Dict[str, object]:
     total = sum(row.ms_per_call for row in rows)
     families: Dict[str, float] = {}
@@ -107,7 +139,7 @@ def profile_calls(call, calls: int, cuda: bool):
     if cuda:
         torch.cuda.synchronize()
     started = time.perf_counter()
-    with torch.profiler.profile(activities=activities) as profiler:
+    with torch.profiler.profile(activities=activities, record_shapes=cuda) as profiler:
         for _ in range(calls):
             call()
         if cuda:
@@ -116,7 +148,7 @@ def profile_calls(call, calls: int, cuda: bool):
 
 
 def our_profile(model_path: str, structure, policy: str, backend: str, compiler: str, device: str, calls: int,
-                top: int) -> Dict[str, object]:
+                top: int, neighbor_list: Optional[str] = None) -> Dict[str, object]:
     """The exported module's kernels for one energy+force call."""
     import torch
 
@@ -128,12 +160,16 @@ def our_profile(model_path: str, structure, policy: str, backend: str, compiler:
     numbers = [atom.element.atomic_number for atom in structure.topology.atoms()]
     capacity = plan_capacity(len(numbers), float(model.r_max), structure.box * 10.0, structure.positions * 10.0)
     module = build_force_module(model, policy, backend, numbers, periodic=True, device=device, capacity=capacity,
-                                compiler=compiler)
+                                compiler=compiler, neighbor_list=neighbor_list)
     positions = torch.tensor(structure.positions, dtype=torch.float32, device=device)
     box = torch.tensor(structure.box, dtype=torch.float32, device=device)
     profiler, wall_ms = profile_calls(lambda: module(positions, box), calls, device == "cuda")
-    return {"engine": "ours", "policy": policy, "backend": backend, "compiler": compiler, "wall_ms_per_call": wall_ms,
-            **summary(kernel_table(profiler, calls, device == "cuda"), top)}
+    result = {"engine": "ours", "policy": policy, "backend": backend, "compiler": compiler,
+              "neighbor_list": neighbor_list or "default",
+              "wall_ms_per_call": wall_ms, **summary(kernel_table(profiler, calls, device == "cuda"), top)}
+    if device == "cuda":
+        result["launchers"] = launcher_table(profiler, calls, 4 * top)
+    return result
 
 
 def fastmace_profile(directory: Path) -> Dict[str, object]:
@@ -189,6 +225,13 @@ def markdown(record: dict) -> str:
                       "| --- | --- | --- | --- |"]
             lines += [f"| {row['ms_per_call']:.3f} | {row['launches_per_call']:.1f} | {row['family']} | "
                       f"`{row['name'][:110]}` |" for row in engine["top"]]
+        for engine in engines:
+            if engine.get("launchers"):
+                lines += ["", f"Device time by launching operator, {_engine_label(engine)}:", "",
+                          "| ms/call | launches/call | family | under | operator | input shapes |",
+                          "| --- | --- | --- | --- | --- | --- |"]
+                lines += [f"| {row['ms_per_call']:.3f} | {row['launches_per_call']:.1f} | {row['family']} | "
+                          f"{row['phase']} | `{row['op']}` | `{row['input_shapes']}` |" for row in engine["launchers"]]
         for engine in size["engines"]:
             if "error" in engine:
                 lines += ["", f"{engine['engine']}: failed: `{engine['error'].splitlines()[-1][:300]}`"]
@@ -199,7 +242,9 @@ def markdown(record: dict) -> str:
 def _engine_label(engine: dict) -> str:
     if engine["engine"] == "fastmace":
         return f"FastMACE {engine.get('fastmace_version', '')} ({engine.get('mode', '')})"
-    return f"ours {engine['policy']} {engine['backend']} {engine['compiler']}"
+    listed = engine.get("neighbor_list", "default")
+    return f"ours {engine['policy']} {engine['backend']} {engine['compiler']}" + ("" if listed == "default" else
+                                                                                  f" {listed} list")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -213,6 +258,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--policy", default="fp32")
     parser.add_argument("--backend", default="cueq-fused")
     parser.add_argument("--compilers", default="torchscript", help="ours: torchscript and/or inductor")
+    parser.add_argument("--neighbor-lists", default="default", help="ours: default, torchscript and/or native")
     parser.add_argument("--model", default=None, help="a MACE model file or 'default'; without it the "
                         "MACE-OFF24(M) architecture with random weights (as mace-lp bench)")
     parser.add_argument("--architecture", default="mace-off24-medium", choices=["mace-off24-medium", "tiny"])
@@ -236,7 +282,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for atoms in args.atoms:
             structure = load_water_box(atoms)
             engines = [our_profile(model.path, structure, args.policy, args.backend, compiler, args.device,
-                                   args.calls, args.top) for compiler in args.compilers.split(",")]
+                                   args.calls, args.top, None if listed == "default" else listed)
+                       for compiler in args.compilers.split(",") for listed in args.neighbor_lists.split(",")]
             if args.fastmace and args.device == "cuda":
                 engines.append(run_fastmace_child(model.path, structure, args.calls, args.top, args.fastmace_timeout_s))
             record["sizes"].append({"atoms": len(structure.positions), "engines": engines})

@@ -36,3 +36,30 @@ def test_cpu_dry_run_tabulates_the_exported_module(tmp_path):
     # the families partition the operators: their sum is the total
     assert sum(ours["families_ms_per_call"].values()) == pytest.approx(ours["total_ms_per_call"])
     assert ours["total_ms_per_call"] > 0 and "| **total** |" in out.with_suffix(".md").read_text()
+
+
+class _Event:
+    def __init__(self, name, parent=None, kernels=(), shapes=""):
+        self.name, self.cpu_parent, self.kernels, self.input_shapes = name, parent, list(kernels), shapes
+
+
+def test_kernels_are_charged_to_the_operator_and_autograd_node_that_launched_them():
+    from torch.autograd.profiler_util import Kernel
+
+    backward = _Event("autograd::engine::evaluate_function: SliceBackward0")
+    zeros = _Event("aten::zeros", _Event("aten::slice_backward", _Event("SliceBackward0", backward)), shapes="[[8, 4]]")
+    fill = _Event("aten::fill_", zeros)
+    launches = [_Event("cudaLaunchKernel", fill, [Kernel("void at::native::FillFunctor<float>", 0, 3000.0)])
+                for _ in range(4)]
+    forward = _Event("cudaMemcpyAsync", _Event("aten::copy_", _Event("forward")),
+                     [Kernel("Memcpy DtoD (Device -> Device)", 0, 1000.0)])
+
+    class Profiler:
+        def events(self):
+            return [backward, zeros, fill, forward, *launches]
+
+    rows = profile.launcher_table(Profiler(), calls=2, top=5)
+    # The innermost operator above the runtime call (fill_), under the outermost autograd node.
+    assert rows[0] == {"phase": "SliceBackward0", "op": "aten::fill_", "input_shapes": "", "family": "copy/fill",
+                       "ms_per_call": pytest.approx(6.0), "launches_per_call": 2.0}
+    assert rows[1]["phase"] == "forward" and rows[1]["op"] == "aten::copy_" and rows[1]["ms_per_call"] == 0.5
