@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +40,13 @@ COMPILERS = (TORCHSCRIPT, INDUCTOR)
 # segmentation fault on its first run, in torch's own loader (``aoti_load_package``) as in ours;
 # on the CPU, cuEquivariance's naive path does not lower (Inductor: 'Constant' has no 'data').
 COMPILED_BACKENDS = ("e3nn",)
+# On CUDA every AOTInductor package crashed at its first run on the stack measured (one H200,
+# torch 2.11.0+cu130, 2026-12-01, benchmarks/results/aoti_probe_2026-12-01_h200.md): even the
+# package of a two-line function (tanh of a small GEMM, its energy and gradient) segfaults in
+# torch's own ``aoti_load_package``, so the crash is neither cuEquivariance's nor
+# ``mace_lp::AOTIPackage``'s. CUDA compiles are refused unless this variable is "1" (to re-test
+# on another torch; a crash then kills the process).
+CUDA_OPT_IN = "OPENMM_MACE_LP_CUDA_AOTI"
 
 
 class CompilerUnavailable(RuntimeError):
@@ -68,6 +76,16 @@ def check_compiled_backend(compiler: str, backend: str) -> None:
                          f"a package with cuEquivariance's kernels ({backend!r}) crashes at its first run (torch "
                          f"2.11, cuequivariance 0.13; see openmm_mace_lp/compiled.py). Pass backend='e3nn' with "
                          f"compiler='inductor', or keep compiler='torchscript'.")
+
+
+def check_compiled_device(compiler: str, device_type: str) -> None:
+    """Refuse a compiled export for CUDA (see ``CUDA_OPT_IN``), with the fix."""
+    if compiler == INDUCTOR and device_type == "cuda" and os.environ.get(CUDA_OPT_IN) != "1":
+        raise ValueError(f"compiler='inductor' is refused on CUDA: AOTInductor packages crashed the process at their "
+                         f"first run on CUDA with torch 2.11 (even a two-line function's, in torch's own loader; "
+                         f"see openmm_mace_lp/compiled.py). Use compiler='torchscript' on CUDA (the default; "
+                         f"the compiled path runs on the CPU), or set {CUDA_OPT_IN}=1 to re-test it on another "
+                         f"torch.")
 
 
 def require_package_class() -> None:

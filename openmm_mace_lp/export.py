@@ -28,8 +28,8 @@ import torch
 from . import __version__
 from .atomic import atomic_path, atomic_write_text
 from .backend import CUEQ_BACKENDS, convert_to_cueq, make_scriptable, model_layout, resolve_backend
-from .compiled import (INDUCTOR, TORCHSCRIPT, backend_request, check_compiled_backend, check_compiler,
-                       compiled_model)
+from .compiled import (INDUCTOR, TORCHSCRIPT, backend_request, check_compiled_backend, check_compiled_device,
+                       check_compiler, compiled_model)
 from .fused_conv import fuse_convolutions, keep_weights_low
 from .linears import TF32_NATIVE, apply_policy_layers, resolve_tf32_impl, use_native_tf32
 from .neighbors import (CANDIDATES_PER_CHUNK, NATIVE_LIST, TORCHSCRIPT_LIST, NeighborCapacity, native_cell_list,
@@ -361,6 +361,7 @@ def build_force_module(
         raise ValueError(f"Unknown returnEnergyType {energy_type!r}; use one of {', '.join(ENERGY_TYPES)}.")
     check_compiler(compiler, capacity is not None)
     check_compiled_backend(compiler, backend)
+    check_compiled_device(compiler, device.type)
     element_index = check_elements(model, atomic_numbers)
     prepared, _ = prepare_model(model, policy, backend)
     if resolve_tf32_impl(policy.matmul_mode, device.type, tf32_impl) == TF32_NATIVE:
@@ -445,6 +446,7 @@ def export_to_file(
     impl = resolve_neighbor_list_impl(neighbor_list, device.type, capacity is not None)
     check_compiler(compiler, capacity is not None)
     check_compiled_backend(compiler, resolved_backend)
+    check_compiled_device(compiler, device.type)
     spec = ExportSpec(
         model_sha256=sha256_of(model_path),
         policy=policy_name,

@@ -540,7 +540,9 @@ def resolved(config: SimulationConfig) -> SimulationConfig:
         result.model.path = str(Path(result.model.path).resolve())
     result.platform.name, result.platform.device = resolve_platform(result.platform.name,
                                                                     result.platform.device)
-    result.model.backend = _resolve_backend(result.model.backend, result.platform.device)
+    if result.model.kind != "amoeba":
+        _check_compiler_device(result.model.compiler, result.platform.device)
+    result.model.backend = _resolve_backend(result.model.backend, result.platform.device, result.model.compiler)
     device = result.platform.device
     if result.platform.name in ("CUDA", "OpenCL") and ":" in device:
         # The model runs on cuda:N; OpenMM must use the same card.
@@ -548,13 +550,26 @@ def resolved(config: SimulationConfig) -> SimulationConfig:
     return result
 
 
-def _resolve_backend(backend: str, device: str) -> str:
+def _resolve_backend(backend: str, device: str, compiler: str) -> str:
     """auto -> cueq-fused or e3nn as the export would choose, recorded so a resume cannot switch."""
     import torch
 
     from openmm_mace_lp.backend import resolve_backend
+    from openmm_mace_lp.compiled import backend_request
 
-    return resolve_backend(backend, torch.device(device))
+    return resolve_backend(backend_request(compiler, backend), torch.device(device))
+
+
+def _check_compiler_device(compiler: str, device: str) -> None:
+    """Before any model work: a compiled model refused on this device is named here."""
+    import torch
+
+    from openmm_mace_lp.compiled import check_compiled_device
+
+    try:
+        check_compiled_device(compiler, torch.device(device).type)
+    except ValueError as error:
+        raise ValueError(f"model.compiler = {compiler!r} with platform.device = {device!r}: {error}") from None
 
 
 def differences(old: SimulationConfig, new: SimulationConfig) -> list[str]:

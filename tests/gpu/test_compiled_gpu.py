@@ -4,9 +4,13 @@ Skipped without CUDA (CI); run on the GPU node with `pytest -m gpu tests/gpu`. T
 module must equal the TorchScript module on the same device (same policy and list), replay in a
 CUDA graph with new positions, and run inside openmm-torch's captured step. The test
 architecture is the small one ("both", max_ell 1): the e3nn MACE-OFF-like one ("full") took
-more than a minute to compile on an H200. cuEquivariance backends are refused (CPU test).
+more than a minute to compile on an H200. cuEquivariance backends are refused (CPU test), and
+so is CUDA itself unless OPENMM_MACE_LP_CUDA_AOTI=1 (compiled.CUDA_OPT_IN; the CPU test checks
+the refusal): every CUDA package crashed on torch 2.11, so these tests run only when asked for.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -15,6 +19,9 @@ import torch
 from tests.gpu import captured
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+# CUDA packages crashed the process on torch 2.11 (compiled.CUDA_OPT_IN): these run only when asked.
+opted_in = pytest.mark.skipif(os.environ.get("OPENMM_MACE_LP_CUDA_AOTI") != "1",
+                              reason="CUDA AOTInductor packages crash on torch 2.11; set OPENMM_MACE_LP_CUDA_AOTI=1")
 
 
 def _modules(policy: str, backend: str):
@@ -31,6 +38,7 @@ def _modules(policy: str, backend: str):
     return system, compiled, scripted
 
 
+@opted_in
 @pytest.mark.parametrize("policy", ["fp32", "bf16"])
 def test_compiled_cuda_module_equals_torchscript_and_replays_in_a_graph(policy):
     system, compiled, scripted = _modules(policy, "e3nn")
@@ -52,6 +60,7 @@ def test_compiled_cuda_module_equals_torchscript_and_replays_in_a_graph(policy):
     assert float((replayed_forces - forces).norm()) > 0  # the replay saw the new positions
 
 
+@opted_in
 def test_compiled_force_in_openmm_cuda_graph_md(tmp_path_factory):
     """MLPotential(compiler="inductor") steps on the CUDA platform with a captured graph; its
     forces at the end equal the TorchScript module's at the same positions."""

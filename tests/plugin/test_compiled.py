@@ -135,3 +135,30 @@ def test_without_the_native_library_the_compiled_path_says_how_to_get_it(monkeyp
     monkeypatch.setenv("OPENMM_MACE_LP_NATIVE", "0")
     with pytest.raises(CompilerUnavailable, match="OPENMM_MACE_LP_NATIVE=0 turns it off.*compiler='torchscript'"):
         require_package_class()
+
+
+def test_cuda_compiles_are_refused_unless_asked_for(monkeypatch):
+    """Every CUDA package crashed on torch 2.11 (compiled.CUDA_OPT_IN): refused by name, with the fix,
+    before any export work; the CPU is unaffected, and the variable lets a tester through."""
+    from openmm_mace_lp.compiled import CUDA_OPT_IN, check_compiled_device
+
+    monkeypatch.delenv(CUDA_OPT_IN, raising=False)
+    system = water_box(2)
+    mace = model("both")
+    capacity = plan_capacity(len(system.positions), float(mace.r_max), system.box * 10.0, system.positions * 10.0)
+    with pytest.raises(ValueError, match="refused on CUDA.*compiler='torchscript' on CUDA.*OPENMM_MACE_LP_CUDA_AOTI=1"):
+        build_force_module(mace, "fp32", "e3nn", system.atomic_numbers, periodic=True, device="cuda",
+                           capacity=capacity, compiler="inductor")
+    check_compiled_device("inductor", "cpu")
+    check_compiled_device("torchscript", "cuda")
+    monkeypatch.setenv(CUDA_OPT_IN, "1")
+    check_compiled_device("inductor", "cuda")
+
+
+def test_a_config_names_the_device_it_refuses_a_compiled_model_on(monkeypatch):
+    from openmm_mace_lp.simulations.config import _check_compiler_device
+
+    monkeypatch.delenv("OPENMM_MACE_LP_CUDA_AOTI", raising=False)
+    with pytest.raises(ValueError, match="model.compiler = 'inductor' with platform.device = 'cuda:1': .*refused"):
+        _check_compiler_device("inductor", "cuda:1")
+    _check_compiler_device("inductor", "cpu")
