@@ -304,6 +304,10 @@ def run_md(system, structure, settings: BenchSettings, started: float, min_steps
                                                  settings.dt_fs * unit.femtosecond)
     integrator.setRandomNumberSeed(1)
     if settings.device == "cuda":
+        # Reserved memory counts the allocator's cache: without emptying it, a row's peak would
+        # include what the eager references and earlier rows of this process left cached (the
+        # 1029-atom fp32 row of bench_2026-12-01_h200_fastmace.md read 7.87 GiB that way).
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         platform, properties = openmm.Platform.getPlatformByName("CUDA"), {"Precision": "mixed"}
     else:
