@@ -6,6 +6,7 @@ always black. Every difference panel states its unit, every noise band is centre
 """
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -50,6 +51,40 @@ def experimental_water_density(temperature_k: float) -> float:
     return numerator / (1.0 + 16.879850e-3 * t) / 1000.0
 
 
+def teacher_density(manifest: dict) -> tuple[float, float, str] | None:
+    """(density, SEM, teacher) of the run's model's teacher at the run's temperature, or None.
+
+    A model trained on a force field (the embedded AMOEBA model) is judged against its teacher,
+    not experiment; ``systems/recipes/train_water.py --card-only --closed-loop`` stores the
+    teacher's own NPT densities in the errors JSON beside the model file. Looked up beside the
+    file the run used and beside the packaged default model, and used only if that JSON names
+    the same SHA-256 as the run's manifest and a temperature within 1 K of the run's.
+    """
+    model = manifest.get("model") or {}
+    sha = model.get("sha256")
+    if not sha or "temperature_K" not in manifest:
+        return None
+    candidates = [Path(model["path"])] if model.get("path") else []
+    try:
+        from openmm_mace_lp.model_files import default_model_path
+
+        candidates.append(default_model_path())
+    except FileNotFoundError:
+        pass
+    temperature = float(manifest["temperature_K"])
+    for path in candidates:
+        try:
+            record = json.loads(path.with_suffix(".test_errors.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("model_sha256") != sha:
+            continue
+        for row in record.get("teacher_densities", []):
+            if abs(float(row["temperature_K"]) - temperature) <= 1.0:
+                return float(row["density_g_cm3"]), float(row.get("sem", 0.0)), str(record.get("teacher", "teacher"))
+    return None
+
+
 def series_label(name: str) -> tuple[str, str]:
     if name == "total_energy":
         return "Total energy", "kJ/mol/atom"
@@ -92,7 +127,8 @@ def _mean_curve(runs, name: str, grid: np.ndarray) -> np.ndarray:
 
 
 def _targets(ax, name: str, run: RunAnalysis) -> None:
-    """Thermostat setpoint on T(t); experimental water density on rho(t)."""
+    """Thermostat setpoint on T(t); experimental water density, and the model's teacher's own
+    density where its card records one (``teacher_density``), on rho(t)."""
     manifest = run.run.manifest
     if name == "temperature" and run.run.ensemble != "nve":
         ax.axhline(float(manifest["temperature_K"]), color="tab:purple", lw=1.2, ls="--",
@@ -102,6 +138,11 @@ def _targets(ax, name: str, run: RunAnalysis) -> None:
         if math.isfinite(rho):
             ax.axhline(rho, color="tab:purple", lw=1.2, ls="--",
                        label=f"water, experiment {rho:.4f} g/cm³ (Kell 1975)")
+        teacher = teacher_density(manifest)
+        if teacher is not None:
+            rho, sem, name_of_teacher = teacher
+            ax.axhline(rho, color="tab:brown", lw=1.2, ls=":",
+                       label=f"the model's teacher ({name_of_teacher}) {rho:.4f} ± {sem:.4f} g/cm³ (SEM)")
 
 
 def plot_timeseries(comparison: Comparison, name: str, path: Path) -> Path:

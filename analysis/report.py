@@ -58,8 +58,9 @@ FIGURE_CAPTIONS = {
                               "difference to the reference with the noise band (centred on "
                               "zero) and the margin.",
     "timeseries_density": "Density: runs with experiment's density of water at the run's "
-                          "temperature (for water); below, the difference to the reference "
-                          "with the noise band and the margin.",
+                          "temperature (for water) and, dotted, the model's teacher's own NPT "
+                          "density where the model card records it; below, the difference to "
+                          "the reference with the noise band and the margin.",
     "timeseries_potential_energy": "Potential energy per atom: runs; below, the difference to "
                                    "the reference with the noise band and the margin.",
     "timeseries_total_energy": "Total energy per atom (NVE conservation).",
@@ -68,7 +69,8 @@ FIGURE_CAPTIONS = {
     "series_temperature": "Temperature over time with the thermostat's target, the "
                           "equilibration cut and the mean ± SEM after it.",
     "series_density": "Density over time with experiment's density of water (Kell 1975), the "
-                      "equilibration cut and the mean ± SEM after it.",
+                      "model's teacher's own NPT density (dotted) where the model card records "
+                      "it, the equilibration cut and the mean ± SEM after it.",
     "series_potential_energy": "Potential energy per atom over time, the equilibration cut "
                                "and the mean ± SEM after it.",
     "series_total_energy": "Total energy per atom over time (NVE: its drift is the "

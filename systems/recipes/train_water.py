@@ -629,13 +629,33 @@ def reevaluate(target: Target, models_dir: Path, data_dir: Path, device: str) ->
     return rewrite_card(target, models_dir, data_dir)
 
 
+def teacher_densities(closed_loop: dict) -> list[dict]:
+    """The teacher's own NPT densities per temperature, as the analysis draws them next to a run
+    of this model (``analysis.plots``): the model's target is its teacher, not experiment."""
+    rows = []
+    for entry in closed_loop.get("temperatures", []):
+        teacher = entry.get("teacher") or {}
+        if teacher.get("density_g_cm3") is None:
+            continue
+        rows.append({"temperature_K": float(entry["temperature_K"]), "density_g_cm3": float(teacher["density_g_cm3"]),
+                     "sem": float(teacher.get("density_sem") or 0.0),
+                     "source": f"benchmarks/results/{closed_loop.get('file', '')}", "card": closed_loop.get("card", "")})
+    return rows
+
+
 def rewrite_card(target: Target, models_dir: Path, data_dir: Path, closed_loop: Path | None = None) -> int:
-    """The card again from what training stored, e.g. after its text changed or the closed loop ran."""
-    errors = json.loads((models_dir / f"{target.model_name}.test_errors.json").read_text())
+    """The card again from what training stored, e.g. after its text changed or the closed loop ran.
+    A closed loop also stores the teacher's densities in the errors JSON (``teacher_densities``)."""
+    errors_path = models_dir / f"{target.model_name}.test_errors.json"
+    errors = json.loads(errors_path.read_text())
     manifest = json.loads((data_dir / f"{target.prefix}_manifest.json").read_text())
+    summary = _closed_loop_summary(closed_loop)
+    if summary is not None:
+        errors["teacher_densities"] = teacher_densities(summary)
+        atomic_write_text(errors_path, json.dumps(errors, indent=1))
     atomic_write_text(models_dir / f"{target.model_name}.md", model_card(
         target, errors["hyperparameters"], errors, manifest, errors["command"], errors["train_seconds"],
-        errors["device_name"], _closed_loop_summary(closed_loop)))
+        errors["device_name"], summary))
     return 0
 
 
