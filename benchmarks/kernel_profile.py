@@ -9,7 +9,9 @@ so that the profiler sees every kernel; the kernels are those its graph mode rep
 process because FastMACE patches torch process-wide. Both are profiled over ``--calls``
 evaluations (FastMACE: steps) after warm-up, with ``torch.profiler``; each kernel's device time
 is summed by name and by family (tensor product, GEMM, Triton-fused, index/scatter, elementwise,
-reduction, copy, other) and divided by the number of calls.
+reduction, copy, other) and divided by the number of calls. For our module on CUDA a second
+table charges each kernel to the operator that launched it (with its input shapes and the
+autograd node it ran under, ``launcher_table``): what in the model asks for the time.
 
     python benchmarks/kernel_profile.py --atoms 1029 3000 --policy fp32 --fastmace \\
         -o benchmarks/results/kernel_profile_2026-12-02_h200.json
