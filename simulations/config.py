@@ -367,7 +367,8 @@ def validate(config: SimulationConfig) -> None:
 BF16_NPT_CAUTION = (
     "policy bf16 with the Monte Carlo barostat: the barostat accepts volume moves on energy "
     "differences, and bf16's are off by ~1.2 kT per 0.3 % move (a +780 bar pressure bias on the "
-    "embedded model; benchmarks/results/barostat_precision_2026-12-01_cpu.md); the precision study "
+    "embedded model, all of it from the radial MLPs' bf16 GEMMs; benchmarks/results/"
+    "barostat_precision_2026-12-01_cpu.md, barostat_precision_layers_2026-12-02_cpu.md); the precision study "
     "measured its density 1.5 % below fp64's (precision_study_2026-12-01_h200.md). Use fp32 for "
     "NPT (fp16's energy noise is five times smaller, its verdict still open), or bf16 for NVT.")
 

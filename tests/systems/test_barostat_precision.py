@@ -71,3 +71,67 @@ def test_an_energy_error_linear_in_the_volume_is_a_known_pressure_error(bp):
     assert row["dE_error_mean_kT"] == pytest.approx(moves.mean(), abs=1e-9)
     assert row["dE_error_sd_kT"] == pytest.approx(moves.std(ddof=1), rel=1e-9)
     assert row["implied_density_change_percent"] == pytest.approx(-100 * 4.5e-5 * expected_bar, rel=1e-9)
+
+
+# --bf16-layers: bf16 in one kind of layer only, on a tiny model (e3nn backend)
+
+@pytest.fixture(scope="module")
+def tiny():
+    from tests.plugin.helpers import model, water_box
+
+    return model("both"), water_box()
+
+
+def policy_modes(prepared) -> dict:
+    """{PolicyDense module name: its matmul mode}."""
+    from openmm_mace_lp.linears import PolicyDense
+
+    return {name: m.mode for name, m in prepared.named_modules() if isinstance(m, PolicyDense)}
+
+
+def test_every_kind_in_bf16_is_the_bf16_policy_to_the_bit(bp, tiny):
+    import torch
+
+    from openmm_mace_lp.export import build_force_module
+
+    model, system = tiny
+    numbers = system.atomic_numbers
+    positions, boxes = bp.configurations(
+        Atoms(numbers=numbers, positions=system.positions * 10, cell=system.box * 10, pbc=True), [0.003])
+    variant, _ = bp.bf16_layers_module(model, ("radial_mlp", "linear"), "e3nn", numbers)
+    energies = {name: [float(module(torch.from_numpy(p), torch.from_numpy(b))[0]) for p, b in zip(positions, boxes)]
+                for name, module in [("variant", variant)] + [
+                    (policy, build_force_module(model, policy, "e3nn", numbers, periodic=True))
+                    for policy in ("bf16", "fp32")]}
+    assert energies["variant"] == energies["bf16"]
+    assert all(abs(v - f) > 1e-5 * abs(f) for v, f in zip(energies["variant"], energies["fp32"]))
+
+
+def test_a_kind_in_bf16_changes_only_its_own_layers(bp, tiny):
+    from openmm_mace_lp.policy import MATMUL_BF16, MATMUL_NATIVE
+
+    model, _ = tiny
+    seen = {}
+    for kind in bp.LAYER_KINDS:
+        prepared, gemms = bp.bf16_layers_model(model, (kind,))
+        modes = policy_modes(prepared)
+        bf16 = {name for name, mode in modes.items() if mode == MATMUL_BF16}
+        assert set(modes.values()) == {MATMUL_NATIVE, MATMUL_BF16}
+        assert bf16 == {name for name in modes if any(name.startswith(layer + ".") for layer in gemms)}
+        assert len(bf16) == sum(gemms.values()) and all(gemms.values())
+        seen[kind] = bf16
+    assert seen["radial_mlp"] == {name for name in modes if ".conv_tp_weights.layers." in name}
+    assert seen["linear"] == set(modes) - seen["radial_mlp"]
+    split = [seen[kind] for kind in bp.SPLIT_LINEAR_KINDS]
+    assert set().union(*split) == seen["linear"] and sum(map(len, split)) == len(seen["linear"])
+    assert seen["interaction_linear"] and not any("linear_up" in name for name in seen["interaction_linear"])
+
+
+def test_an_unknown_kind_is_refused_naming_the_valid_ones(bp, capsys):
+    assert bp.parse_bf16_layers(" radial_mlp, linear_up+readout ,") == [("radial_mlp",), ("linear_up", "readout")]
+    with pytest.raises(ValueError, match="'skip_tp'") as refused:
+        bp.parse_bf16_layers("radial_mlp,skip_tp")
+    assert all(kind in str(refused.value) for kind in bp.LAYER_KINDS)
+    with pytest.raises(SystemExit):
+        bp.main(["--policies", "fp64,bf16", "--bf16-layers", "readouts", "-o", "unused.json"])
+    assert "valid kinds: radial_mlp, linear," in capsys.readouterr().err
