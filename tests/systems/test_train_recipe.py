@@ -63,3 +63,15 @@ def test_smoke_training_on_cpu(tmp_path):
     err = json.loads((tmp_path / "smoke_models" / f"{T.MODEL_NAME}.test_errors.json").read_text())
     assert err["overall"]["frames"] > 0
     assert (tmp_path / "smoke_models" / f"{T.MODEL_NAME}.md").exists()
+
+
+def test_a_closed_loop_gives_the_card_its_teachers_densities():
+    summary = {"file": "closed_loop_x.json", "card": "NVIDIA H200", "temperatures": [
+        {"temperature_K": 300, "teacher": {"density_g_cm3": 1.005, "density_sem": 0.0023}, "model": {}},
+        {"temperature_K": 260, "teacher": None},  # the teacher's run is missing: no target at 260 K
+        {"temperature_K": 350, "teacher": {"density_g_cm3": 0.978}}]}
+    assert T.teacher_densities(summary) == [
+        {"temperature_K": 300.0, "density_g_cm3": 1.005, "sem": 0.0023,
+         "source": "benchmarks/results/closed_loop_x.json", "card": "NVIDIA H200"},
+        {"temperature_K": 350.0, "density_g_cm3": 0.978, "sem": 0.0,
+         "source": "benchmarks/results/closed_loop_x.json", "card": "NVIDIA H200"}]
