@@ -23,7 +23,8 @@ t0=$(date +%s); stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # tests.plugin.helpers, for the probe
-timeout 260 python3 -m openmm_mace_lp.cli bench --atoms ${ATOMS:-1029} --policies fp32,tf32,bf16,fp16 \
+# BENCH_S, POLICIES and PROBE=0 (skip stage 4) fit the call to the device time that is left.
+timeout ${BENCH_S:-260} python3 -m openmm_mace_lp.cli bench --atoms ${ATOMS:-1029} --policies ${POLICIES:-fp32,tf32,bf16,fp16} \
   --backends cueq-fused --graphs on --neighbor-lists native --no-anchor --fastmace -o "$OUT/bench.json" \
   > "$OUT/bench.log" 2>&1
 stamp "1: bench exit $?"
@@ -38,11 +39,13 @@ timeout 80 python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu/test_tf32_g
   > "$OUT/gpu_tests.log" 2>&1
 stamp "3: GPU tests exit $? $(tail -1 "$OUT/gpu_tests.log")"
 
-timeout 80 python3 benchmarks/aoti_cuda_probe.py --only "tiny, torch|compile tiny" --timeout-s 75 \
-  -o "$OUT/aoti_probe.json" > "$OUT/aoti_probe.log" 2>&1
-env -u PYTHONPATH LD_LIBRARY_PATH= timeout 80 python3 benchmarks/aoti_cuda_probe.py --only "tiny, torch|compile tiny" \
-  --timeout-s 75 --work build/aoti_probe_clean -o "$OUT/aoti_probe_clean.json" > "$OUT/aoti_probe_clean.log" 2>&1
-stamp "4: probe: $(tr '\n' ' ' < "$OUT/aoti_probe.log") | emptied environment: $(tr '\n' ' ' < "$OUT/aoti_probe_clean.log")"
+if [ "${PROBE:-1}" != 0 ]; then
+  timeout 80 python3 benchmarks/aoti_cuda_probe.py --only "tiny, torch|compile tiny" --timeout-s 75 \
+    -o "$OUT/aoti_probe.json" > "$OUT/aoti_probe.log" 2>&1
+  env -u PYTHONPATH LD_LIBRARY_PATH= timeout 80 python3 benchmarks/aoti_cuda_probe.py --only "tiny, torch|compile tiny" \
+    --timeout-s 75 --work build/aoti_probe_clean -o "$OUT/aoti_probe_clean.json" > "$OUT/aoti_probe_clean.log" 2>&1
+  stamp "4: probe: $(tr '\n' ' ' < "$OUT/aoti_probe.log") | emptied environment: $(tr '\n' ' ' < "$OUT/aoti_probe_clean.log")"
+fi
 
 grep -E "^\[[0-9]+ atoms\]" "$OUT/bench.log" | cut -c1-140
 grep -A12 "^| family" "$OUT/kernel_profile.md" 2>/dev/null | head -14

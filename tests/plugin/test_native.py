@@ -340,3 +340,17 @@ def test_create_system_takes_the_neighbor_list_choice(tmp_path_factory):
             system.topology, device="cpu", fixedNeighborList=True, positions=system.positions, neighborList=choice)
         used[choice] = read_metadata(exported_module_path(omm))["neighbor_list_impl"]
     assert used == {None: NATIVE_LIST, TORCHSCRIPT_LIST: TORCHSCRIPT_LIST}
+
+
+def test_default_list_is_native_wherever_the_library_has_the_device_kernel(monkeypatch):
+    """The default follows the loaded kernels: native on CUDA where the library has its CUDA
+    kernel (measured faster in a captured step), TorchScript where it has none; the data-sized
+    list stays TorchScript."""
+    from openmm_mace_lp import native
+
+    for has_cuda_kernel, expected in ((True, NATIVE_LIST), (False, TORCHSCRIPT_LIST)):
+        monkeypatch.setattr(native, "available", lambda device_type="cpu", flag=has_cuda_kernel:
+                            flag if device_type == "cuda" else True)
+        assert resolve_neighbor_list_impl(None, "cuda", True) == expected
+        assert resolve_neighbor_list_impl(None, "cuda", False) == TORCHSCRIPT_LIST
+        assert resolve_neighbor_list_impl(TORCHSCRIPT_LIST, "cuda", True) == TORCHSCRIPT_LIST
