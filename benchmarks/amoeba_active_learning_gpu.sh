@@ -75,6 +75,16 @@ fi
 wait "$train_pid"; stamp "A: train exit $? $(grep '^test:' "$dir/train.log")"
 tar -cJf "$OUT/active_learning.tar.xz" "$dir"/data/water_amoeba_* "$dir"/*.log "$dir/models" 2>/dev/null
 next=$dir/models/mace-water-amoeba.model
+# A CPU minute that predicts what the NPT will show: NEXT's (and FROM's) molecular-virial pressure
+# error on the valid split, whose model_npt_periodic frames (models' own runs) no training has
+# seen; a candidate whose error there is far below -300 bar will compress
+# (benchmarks/results/active_learning_2026-12-02_h200.md). Runs beside stage B on the node's cores.
+bias_pid=
+if [ -f "$next" ]; then
+  OMP_NUM_THREADS=$(( $(nproc) / 2 )) python3 benchmarks/energy_bias.py "$next" "$from" --splits valid \
+    -o "$dir/energy_bias_valid.json" > "$dir/energy_bias.log" 2>&1 &
+  bias_pid=$!
+fi
 left_min=$(python3 -c "print(round(($END_S - $(elapsed) - 30) / 60, 2))")
 if [ -f "$next" ] && python3 -c "import sys; sys.exit(not $left_min >= 1.0)"; then
   python3 benchmarks/closed_loop.py run -o "$dir/sample_next" --who model --model "$PWD/$next" \
@@ -82,6 +92,10 @@ if [ -f "$next" ] && python3 -c "import sys; sys.exit(not $left_min >= 1.0)"; th
   stamp "B: sampling of the new model done ($left_min min)"
   runs_with_frames "$dir/sample_next" ${NEXT_TEMPS//,/ } >/dev/null
 fi
-tar --exclude="*/checkpoints" --exclude="*.xml" -cJf "$OUT/active_learning.tar.xz" "$dir"/data/water_amoeba_* \
+# The runs' checkpoints travel (a few hundred kB each), so that the next call can resume them.
+if [ -n "$bias_pid" ]; then
+  wait "$bias_pid"; stamp "valid-split pressure errors (exit $?):"; grep "model_npt" "$dir/energy_bias_valid.md"
+fi
+tar --exclude="*.xml" -cJf "$OUT/active_learning.tar.xz" "$dir"/data/water_amoeba_* "$dir"/energy_bias_valid.* \
   "$dir"/*.log "$dir/models" "$dir"/sample_* "$dir"/labels_*/*.log 2>/dev/null
 ls -la "$OUT"; stamp packed

@@ -12,6 +12,9 @@ the difference; the molecular one, what the barostat responds to, is defined bel
     python benchmarks/energy_bias.py systems/models/mace-water-amoeba.model OTHER.model \\
         --splits valid,test -o benchmarks/results/energy_bias_2026-12-01_cpu.json
 
+    # does an NPT run sample its model? the model's own pressure along its own run
+    python benchmarks/energy_bias.py MODEL --own-run RUN_DIR --stride 2 -o own_pressure.json
+
 ``model_npt_periodic`` frames (``systems/recipes/run_frames.py``) are the model's own NPT
 configurations labelled by the teacher; a model whose error there is far below its error on
 the teacher's liquid (``md_periodic``) favours its own dense structures.
@@ -179,9 +182,93 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+BOLTZMANN_EV_PER_K = 8.617333262e-5
+
+
+def kinetic_pressure_bar(particles: int, volume_A3: float, temperature_K: float) -> float:
+    """The ideal-gas term N kT / V (bar) of ``particles`` (atoms for the atomic virial, molecules
+    for the molecular one) at the thermostat's temperature."""
+    return particles * BOLTZMANN_EV_PER_K * temperature_K / volume_A3 * BAR_PER_EV_A3
+
+
+def own_run_pressures(model_path: Path, run_dir: Path, stride: int = 1, skip_fraction: float = 1 / 3) -> dict:
+    """The model's own total pressure along its own NPT run: does the run sample the model?
+
+    Why: a model that compresses under NPT could be wrong, or the simulation could sample
+    something else than the model (a barostat that sees the system differently, a TorchForce
+    that mishandles the changing box). Over a correct NPT run the barostat's pressure, the
+    molecular virial plus N_molecules kT / V, averages to the set pressure within its noise,
+    whatever the model's errors; the atomic one (N_atoms kT / V) too, as an average. Frames of
+    the run's ``trajectory.dcd`` after the first ``skip_fraction``, every ``stride``-th; the
+    temperature is the manifest's (the thermostat's), the model must be the run's own file.
+    The SEM treats the frames as independent: space them beyond the pressure's correlation
+    time (a few ps is ample for water)."""
+    import io
+
+    import ase.io
+    import mace  # noqa: F401  (before e3nn)
+    from mace.calculators import MACECalculator
+
+    from openmm_mace_lp.model_files import load_mace_model
+    from openmm_mace_lp.systems.recipes.run_frames import run_frames
+
+    manifest = __import__("json").loads((Path(run_dir) / "manifest.json").read_text())
+    digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
+    run_model = (manifest.get("model") or {}).get("sha256")
+    if run_model != digest:
+        raise SystemExit(f"{run_dir} was run with model {str(run_model)[:8]}, not {model_path} ({digest[:8]}): "
+                         f"pass the run's own model file")
+    blocks = run_frames(Path(run_dir), stride=1)
+    blocks = blocks[int(len(blocks) * skip_fraction)::stride]
+    if len(blocks) < 2:
+        raise SystemExit(f"{run_dir}: {len(blocks)} frame(s) after the first {skip_fraction:.0%}; "
+                         f"a pressure average needs at least 2 (lower --stride)")
+    temperature = float(manifest["temperature_K"])
+    calculator = MACECalculator(models=[load_mace_model(model_path, sha256=digest)], device="cpu",
+                                default_dtype="float64")
+    rows = []
+    for block in blocks:
+        atoms = ase.io.read(io.StringIO(block), format="extxyz")
+        atoms.calc = calculator
+        volume = atoms.get_volume()
+        atomic, molecular = pressures_bar(atoms.get_stress(voigt=True), atoms.get_forces(), atoms.positions,
+                                          atoms.cell.array, atoms.get_chemical_symbols())
+        rows.append(dict(frame_id=atoms.info["frame_id"], time_ps=float(atoms.info["time_ps"]),
+                         density_g_cm3=float(atoms.info["density_g_cm3"]),
+                         atomic_pressure_bar=atomic + kinetic_pressure_bar(len(atoms), volume, temperature),
+                         molecular_pressure_bar=molecular + kinetic_pressure_bar(len(atoms) // 3, volume, temperature)))
+    summary = {}
+    for key in ("density_g_cm3", "atomic_pressure_bar", "molecular_pressure_bar"):
+        values = np.array([r[key] for r in rows])
+        summary[key] = dict(mean=float(values.mean()), sem=float(values.std(ddof=1) / np.sqrt(len(values))))
+    return dict(run_dir=str(run_dir), model_sha256=digest, temperature_K=temperature,
+                set_pressure_bar=manifest.get("pressure_bar"), frames=len(rows), stride=stride,
+                skip_fraction=skip_fraction, summary=summary, rows=rows)
+
+
+def own_runs_markdown(record: dict) -> str:
+    lines = [f"# The model's own pressure along its own NPT runs ({record['card']}, {record['date']})", "",
+             "Float64 eager mace on the runs' trajectory frames; molecular = the barostat's pressure "
+             "(molecular virial + N_molecules kT/V), atomic = atomic virial + N_atoms kT/V; +- is the "
+             "SEM over frames (`benchmarks/energy_bias.py --own-run`).", "",
+             "| run | model | frames | mean density (g/cm3) | set pressure (bar) | molecular pressure (bar) | "
+             "atomic pressure (bar) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for run in record["runs"]:
+        s = run["summary"]
+        lines.append(f"| {run['run_dir']} | {run['model_sha256'][:8]} | {run['frames']} | "
+                     f"{s['density_g_cm3']['mean']:.4f} | {run['set_pressure_bar']} | "
+                     f"{s['molecular_pressure_bar']['mean']:+.0f} +- {s['molecular_pressure_bar']['sem']:.0f} | "
+                     f"{s['atomic_pressure_bar']['mean']:+.0f} +- {s['atomic_pressure_bar']['sem']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="+", type=Path, help="MACE model files")
+    parser.add_argument("--own-run", type=Path, action="append", default=[], metavar="RUN_DIR",
+                        help="instead of the data set: the model's own pressure along this NPT run "
+                             "(one model file per --own-run, in order)")
+    parser.add_argument("--stride", type=int, default=1, help="with --own-run: every STRIDE-th frame")
     parser.add_argument("--splits", default="valid,test")
     parser.add_argument("--prefix", default="water_amoeba")
     parser.add_argument("-o", "--output", type=Path, required=True, help="JSON path (a .md is written beside it)")
@@ -193,6 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models:
         if not model.is_file():
             raise SystemExit(f"{model}: no such model file")
+    if args.own_run:
+        if len(args.own_run) != len(args.models):
+            raise SystemExit(f"{len(args.own_run)} --own-run for {len(args.models)} model file(s): give each "
+                             f"run its own model, in order")
+        record = dict(schema="openmm-mace-lp/own-run-pressure/1", date=date.today().isoformat(), card="cpu",
+                      runs=[own_run_pressures(m, r, stride=args.stride) for m, r in zip(args.models, args.own_run)])
+        write_json(args.output, record)
+        write_text(args.output.with_suffix(".md"), own_runs_markdown(record))
+        print(own_runs_markdown(record))
+        return 0
     frames = [a for split in splits for a in read_frames(DATA / f"{args.prefix}_{split}.extxyz.xz")
               if a.info.get("config_type") in PERIODIC_TYPES]
     record = dict(schema="openmm-mace-lp/energy-bias/1", date=date.today().isoformat(), card="cpu",

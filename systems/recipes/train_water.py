@@ -393,7 +393,7 @@ def model_card(target: Target, hp: dict, errors: dict, manifest: dict | None, co
         lines += [f"- Frames (atoms): train {c['train']['frames']} ({c['train']['atoms']}), "
                   f"valid {c['valid']['frames']} ({c['valid']['atoms']}), "
                   f"test {c['test']['frames']} ({c['test']['atoms']})."]
-    lines += _sampled_stage_lines(manifest or {}, errors["model_sha256"])
+    lines += _sampled_stage_lines(manifest or {}, errors["model_sha256"], errors.get("trained_on_stages"))
     lines += _lineage_lines(hp)
     lines += [f"- Licence: {licence}", "", "## Architecture and training", "| option | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in hp.items()]
@@ -439,19 +439,26 @@ def _lineage_lines(hp: dict) -> list[str]:
             "the data set above the whole training set."]
 
 
-def _sampled_stage_lines(manifest: dict, model_sha256: str) -> list[str]:
+def model_npt_stages(manifest: dict | None) -> list[str]:
+    """The data set's stages of models' own NPT frames (run_frames.py), by manifest key, in the
+    order they were added."""
+    return [k for k, v in (manifest or {}).items() if k.startswith("model_npt_stage") and isinstance(v, dict)]
+
+
+def _sampled_stage_lines(manifest: dict, model_sha256: str, trained_on: list[str] | None = None) -> list[str]:
     """Frames of models' own NPT runs in the data set (run_frames.py): one line per stage, saying
-    whether this model sampled them, i.e. was trained before they existed."""
+    whether this model has learnt from them. Not learnt: frames of its own runs (they came after
+    it), and any stage missing from ``trained_on``, the stages its training saw (stored in the
+    errors JSON at training time; None: only the own-runs rule)."""
     lines = []
-    for key, stage in manifest.items():
-        if not key.startswith("model_npt_stage") or not isinstance(stage, dict):
-            continue
+    for key in model_npt_stages(manifest):
+        stage = manifest[key]
         models = stage.get("sampling_models_sha256", [])
         added = ", ".join(f"{split} {n}" for split, n in stage.get("frames_added", {}).items() if n)
-        own = model_sha256 in models
+        later = model_sha256 in models or (trained_on is not None and key not in trained_on)
         lines.append(f"- The data set also holds frames of NPT runs of model {', '.join(m[:8] for m in models)} "
                      f"labelled by the teacher ({added}; `systems/recipes/run_frames.py`)"
-                     + (": added after this model was trained, which has not learnt from them." if own else "."))
+                     + (": added after this model was trained, which has not learnt from them." if later else "."))
     return lines
 
 
@@ -591,6 +598,8 @@ def main(argv=None) -> int:
     if a.smoke:
         _write_smoke_subsets(a.data_dir, data_dir, target.prefix)
     decompress_data(data_dir, a.work_dir, target.prefix)
+    mpath = data_dir / f"{target.prefix}_manifest.json"
+    trained_on = model_npt_stages(json.loads(mpath.read_text())) if mpath.exists() else []
     print("+ " + shlex.join(cmd), flush=True)
     t0 = time.time()
     subprocess.run(cmd, check=True, env=_offline_env())
@@ -605,9 +614,9 @@ def main(argv=None) -> int:
     errors = evaluate(out_model, data_dir / f"{target.prefix}_test.extxyz.xz", device=device)
     errors.update(train_seconds=train_seconds, device=device,
                   device_name=torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-                  hyperparameters=hp, command=cmd, source_model=final.name, teacher=target.teacher)
+                  hyperparameters=hp, command=cmd, source_model=final.name, teacher=target.teacher,
+                  trained_on_stages=trained_on)
     atomic_write_text(models_dir / f"{name}.test_errors.json", json.dumps(errors, indent=1))
-    mpath = data_dir / f"{target.prefix}_manifest.json"
     manifest = json.loads(mpath.read_text()) if mpath.exists() else None
     atomic_write_text(models_dir / f"{name}.md",
                       model_card(target, hp, errors, manifest, cmd, train_seconds, errors["device_name"]))
@@ -624,7 +633,8 @@ def reevaluate(target: Target, models_dir: Path, data_dir: Path, device: str) ->
     errors = evaluate(models_dir / f"{target.model_name}.model", data_dir / f"{target.prefix}_test.extxyz.xz",
                       device=device)
     errors.update({k: stored[k] for k in ("train_seconds", "device", "device_name", "hyperparameters", "command",
-                                          "source_model", "teacher") if k in stored})
+                                          "source_model", "teacher", "trained_on_stages", "teacher_densities")
+                   if k in stored})
     atomic_write_text(path, json.dumps(errors, indent=1))
     return rewrite_card(target, models_dir, data_dir)
 

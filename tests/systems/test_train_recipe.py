@@ -75,3 +75,18 @@ def test_a_closed_loop_gives_the_card_its_teachers_densities():
          "source": "benchmarks/results/closed_loop_x.json", "card": "NVIDIA H200"},
         {"temperature_K": 350.0, "density_g_cm3": 0.978, "sem": 0.0,
          "source": "benchmarks/results/closed_loop_x.json", "card": "NVIDIA H200"}]
+
+
+def test_the_card_says_which_stages_of_own_run_frames_a_model_has_not_learnt():
+    """A stage is not learnt when the model sampled it itself or when its training did not see
+    it (``trained_on_stages``, stored at training time); without that record only the first rule."""
+    from openmm_mace_lp.systems.recipes.train_water import _sampled_stage_lines
+
+    me, earlier, later = "a" * 64, "b" * 64, "c" * 64
+    manifest = {"counts": {}, **{f"model_npt_stage_{m[:8]}": {"sampling_models_sha256": [m], "frames_added": {"train": 3}}
+                                 for m in (me, earlier, later)}}
+    not_learnt = "has not learnt from them"
+    lines = _sampled_stage_lines(manifest, me, trained_on=[f"model_npt_stage_{earlier[:8]}"])
+    assert [not_learnt in line for line in lines] == [True, False, True]  # aaaa (own), bbbb, cccc (later)
+    lines = _sampled_stage_lines(manifest, me)
+    assert [not_learnt in line for line in lines] == [True, False, False]
