@@ -13,7 +13,9 @@
 #      SAMPLE_MIN=0 skips the sampling (when FROM_MODEL's frames are already in the data set);
 #   B  NEXT runs NPT at NEXT_TEMPS (default 300,260,350 K, side by side) for the time left before
 #      END_S seconds: its density trend, and frames to label on any machine afterwards
-#      (run_frames.py). NEXT_TEMPS=300 runs one solo, about twice as many ps.
+#      (run_frames.py). NEXT_TEMPS=300 runs one solo, about twice as many ps. Beside it, on the
+#      node's cores, benchmarks/energy_bias.py gives NEXT's and FROM_MODEL's pressure errors on
+#      the valid split (energy_bias_valid.md), whose own-run frames no training has seen.
 #
 #   source .gpu/env.sh && FROM_MODEL=systems/models/mace-water-amoeba.model \
 #       bash benchmarks/amoeba_active_learning_gpu.sh
@@ -92,10 +94,10 @@ if [ -f "$next" ] && python3 -c "import sys; sys.exit(not $left_min >= 1.0)"; th
   stamp "B: sampling of the new model done ($left_min min)"
   runs_with_frames "$dir/sample_next" ${NEXT_TEMPS//,/ } >/dev/null
 fi
-# The runs' checkpoints travel (a few hundred kB each), so that the next call can resume them.
 if [ -n "$bias_pid" ]; then
   wait "$bias_pid"; stamp "valid-split pressure errors (exit $?):"; grep "model_npt" "$dir/energy_bias_valid.md"
 fi
+# The runs' checkpoints travel (a few hundred kB each), so that the next call can resume them.
 tar --exclude="*.xml" -cJf "$OUT/active_learning.tar.xz" "$dir"/data/water_amoeba_* "$dir"/energy_bias_valid.* \
   "$dir"/*.log "$dir/models" "$dir"/sample_* "$dir"/labels_*/*.log 2>/dev/null
 ls -la "$OUT"; stamp packed

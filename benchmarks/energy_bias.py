@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 from datetime import date
 from pathlib import Path
@@ -212,7 +213,7 @@ def own_run_pressures(model_path: Path, run_dir: Path, stride: int = 1, skip_fra
     from openmm_mace_lp.model_files import load_mace_model
     from openmm_mace_lp.systems.recipes.run_frames import run_frames
 
-    manifest = __import__("json").loads((Path(run_dir) / "manifest.json").read_text())
+    manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
     digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
     run_model = (manifest.get("model") or {}).get("sha256")
     if run_model != digest:

@@ -564,10 +564,14 @@ def user_bench_model(spec: str) -> BenchModel:
 def random_bench_model(architecture: str, directory: Path) -> BenchModel:
     """The ``architecture`` with seeded random weights, saved as mace saves a model (the whole
     module, ``torch.save``) so that our plug-in, openmm-ml and FastMACE read the same file."""
+    import dataclasses
+
     from .model_files import sha256_of
     from .systems.architectures import MACE_OFF24_MEDIUM, TINY, build_mace, save_model
 
-    arch = {"mace-off24-medium": MACE_OFF24_MEDIUM, "tiny": TINY}[architecture]
+    # "tiny" (the --smoke harness check) has max_ell 1: cuEquivariance's naive CPU path, which the
+    # eager cuEq reference runs on a CPU, takes ~60 s to build the max_ell 3 symmetric contraction.
+    arch = {"mace-off24-medium": MACE_OFF24_MEDIUM, "tiny": dataclasses.replace(TINY, max_ell=1)}[architecture]
     path = directory / f"{architecture}-random.model"
     save_model(build_mace(arch, seed=0, dtype="float64"), path)
     return BenchModel(str(path), sha256_of(path), f"{architecture} architecture, random weights (seed 0)")

@@ -12,7 +12,7 @@ def test_bench_smoke_run_writes_rows_with_anchor_and_force_error(tmp_path):
     from openmm_mace_lp.bench import BenchSettings
 
     out = tmp_path / "bench.json"
-    assert main(["bench", "--smoke", "--atoms", "192", "--policies", "fp64,fp32,bf16", "--backends", "e3nn",
+    assert main(["bench", "--smoke", "--atoms", "81", "--policies", "fp64,fp32,bf16", "--backends", "e3nn",
                  "--seconds", "0.2", "-o", str(out)]) == 0
     report = json.loads(out.read_text())
     assert {"card", "driver", "versions", "rows"} <= set(report)
@@ -26,7 +26,7 @@ def test_bench_smoke_run_writes_rows_with_anchor_and_force_error(tmp_path):
         # Both eager anchors are timed (on the CPU, cuEquivariance runs its naive path).
         assert row["eager_mace_ms"] > 0 and row["eager_cueq_mace_ms"] > 0
     for row in (fp64, fp32, bf16):
-        assert row["atoms"] == 192 and row["speedup_vs_anchor"] == anchor["ms_per_step"] / row["ms_per_step"]
+        assert row["atoms"] == 81 and row["speedup_vs_anchor"] == anchor["ms_per_step"] / row["ms_per_step"]
     # Forces against mace's eager float64 model at the positions OpenMM holds (on the CPU
     # platform: float64): fp64 agrees to float64 roundoff, which a reference at positions
     # rounded otherwise (float32) would not; fp32 to float32 roundoff; bf16 linears differ by
@@ -35,7 +35,7 @@ def test_bench_smoke_run_writes_rows_with_anchor_and_force_error(tmp_path):
     assert fp32["force_rel_err_vs_fp64_eager"] < 1e-5
     assert 1e-4 < bf16["force_rel_err_vs_fp64_eager"] < 20 * 2**-8
     table = out.with_suffix(".md").read_text()
-    assert "| 192 | e3nn | bf16 |" in table and "eager mace ms (e3nn / cuEq)" in table
+    assert "| 81 | e3nn | bf16 |" in table and "eager mace ms (e3nn / cuEq)" in table
 
 
 def test_a_trajectory_that_leaves_the_capacities_fails_its_row(tmp_path_factory):
