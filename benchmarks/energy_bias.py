@@ -63,6 +63,7 @@ DATA = ROOT / "systems" / "data"
 PERIODIC_TYPES = ("md_periodic", "strained_periodic", "model_npt_periodic")
 DENSE_G_CM3 = 1.04  # the density class boundary: the teacher's liquid is at ~1.00 at 300 K
 BAR_PER_EV_A3 = 1.602176634e6
+BOLTZMANN_EV_PER_K = 8.617333262e-5
 AMU_PER_A3_IN_G_CM3 = 1.66053906660
 WATER_MASSES = np.array([15.999, 1.008, 1.008])  # O, H, H (amu)
 MAX_OH_ANGSTROM = 1.6  # an unwrapped O-H farther than this is not a water: refuse the frame
@@ -181,9 +182,6 @@ def markdown(record: dict) -> str:
                          f"{g['mean_density_g_cm3']:.3f} | {e['mean']:+.2f}{sem(e, '.2f')} | "
                          f"{p['mean']:+.0f}{sem(p, '.0f')} | {mol} |")
     return "\n".join(lines) + "\n"
-
-
-BOLTZMANN_EV_PER_K = 8.617333262e-5
 
 
 def kinetic_pressure_bar(particles: int, volume_A3: float, temperature_K: float) -> float:
